@@ -1,0 +1,269 @@
+//! Cluster mapping: L1 and L2 entry decoding (docs/interop/qcow2.txt,
+//! "Cluster mapping" and "Extended L2 Entries").
+//!
+//! This is the only module that knows the bit layout of table entries;
+//! everything else matches on [`L2Entry`] and [`SubclusterKind`].
+
+use crate::error::{Error, Result};
+use crate::offsets::HostOffset;
+
+/// L1 entry bits 9-55: offset of the L2 table.
+pub const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// L2 entry bits 9-55: host cluster offset of a standard cluster.
+pub const L2E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// Refcount table entry bits 9-63: offset of a refcount block.
+pub const REFT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
+/// Bit 63 of L1 and L2 entries: refcount is exactly one.
+pub const QCOW_OFLAG_COPIED: u64 = 1 << 63;
+/// Bit 62 of an L2 entry: the cluster is compressed.
+pub const QCOW_OFLAG_COMPRESSED: u64 = 1 << 62;
+/// Bit 0 of a standard L2 entry: the cluster reads as zeros.
+pub const QCOW_OFLAG_ZERO: u64 = 1;
+/// Number of subclusters per cluster with extended L2 entries.
+pub const SUBCLUSTERS: u32 = 32;
+
+/// Geometry of compressed cluster descriptors, derived from cluster_bits.
+#[derive(Clone, Copy, Debug)]
+pub struct CompressedGeometry {
+    csize_shift: u32,
+    csize_mask: u64,
+    offset_mask: u64,
+}
+
+impl CompressedGeometry {
+    /// The descriptor layout for clusters of `1 << cluster_bits` bytes.
+    pub fn new(cluster_bits: u32) -> CompressedGeometry {
+        let csize_shift = 62 - (cluster_bits - 8);
+        CompressedGeometry {
+            csize_shift,
+            csize_mask: (1u64 << (cluster_bits - 8)) - 1,
+            offset_mask: (1u64 << csize_shift) - 1,
+        }
+    }
+}
+
+/// What one L2 entry says about its guest cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L2Entry {
+    /// Not allocated here: read from the backing file, or zeros.
+    Unallocated,
+    /// Reads as zeros; the host cluster (if any) is preallocation only.
+    Zero {
+        /// Preallocated host cluster, if any.
+        host: Option<HostOffset>,
+    },
+    /// Data in one host cluster.
+    Data {
+        /// Host cluster offset (cluster aligned).
+        host: HostOffset,
+    },
+    /// Extended L2 entry: per-subcluster allocation and zero bits.
+    Subclusters {
+        /// Host cluster offset, if set.
+        host: Option<HostOffset>,
+        /// Allocation bitmap (bit x: subcluster x).
+        alloc: u32,
+        /// Reads-as-zero bitmap (bit x: subcluster x).
+        zero: u32,
+    },
+    /// Compressed data at an unaligned host offset.
+    Compressed {
+        /// Host offset of the compressed data.
+        host: HostOffset,
+        /// Number of bytes that may hold compressed data.
+        len: u64,
+    },
+}
+
+/// The state of one subcluster (a whole cluster without extended L2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubclusterKind {
+    /// Falls through to the backing file.
+    Unallocated,
+    /// Reads as zeros.
+    Zero,
+    /// Data at this host offset (the subcluster's own start).
+    Data(HostOffset),
+    /// Part of a compressed cluster.
+    Compressed {
+        /// Host offset of the compressed data.
+        host: HostOffset,
+        /// Bytes of compressed data.
+        len: u64,
+    },
+}
+
+/// Decode an L1 entry into the offset of its L2 table, if any.
+/// `what` names the table for the error message.
+pub fn decode_l1(
+    entry: u64,
+    cluster_bits: u32,
+    what: &dyn Fn() -> String,
+) -> Result<Option<HostOffset>> {
+    let off = HostOffset(entry & L1E_OFFSET_MASK);
+    if off.0 == 0 {
+        return Ok(None);
+    }
+    if !off.is_cluster_aligned(cluster_bits) {
+        return Err(Error::corrupt(
+            what(),
+            format!("L2 table offset {off} is not cluster aligned"),
+        ));
+    }
+    Ok(Some(off))
+}
+
+/// Decode an L2 entry; `bitmap` is the second word of an extended entry.
+pub fn decode_l2(
+    entry: u64,
+    bitmap: Option<u64>,
+    cluster_bits: u32,
+    geo: CompressedGeometry,
+    what: &dyn Fn() -> String,
+) -> Result<L2Entry> {
+    if entry & QCOW_OFLAG_COMPRESSED != 0 {
+        let host = entry & geo.offset_mask;
+        let nb_csectors = ((entry >> geo.csize_shift) & geo.csize_mask) + 1;
+        let len = nb_csectors * 512 - (host & 511);
+        return Ok(L2Entry::Compressed {
+            host: HostOffset(host),
+            len,
+        });
+    }
+    let raw = entry & L2E_OFFSET_MASK;
+    let host = (raw != 0).then_some(HostOffset(raw));
+    if let Some(h) = host {
+        if !h.is_cluster_aligned(cluster_bits) {
+            return Err(Error::corrupt(
+                what(),
+                format!("cluster offset {h} is not cluster aligned"),
+            ));
+        }
+    }
+    if let Some(bitmap) = bitmap {
+        let alloc = bitmap as u32;
+        let zero = (bitmap >> 32) as u32;
+        if alloc & zero != 0 {
+            return Err(Error::corrupt(
+                what(),
+                format!("subcluster bitmap {bitmap:#x} marks subclusters both allocated and zero"),
+            ));
+        }
+        if alloc != 0 && host.is_none() {
+            return Err(Error::corrupt(
+                what(),
+                format!("subcluster bitmap {bitmap:#x} allocates subclusters of no cluster"),
+            ));
+        }
+        return Ok(L2Entry::Subclusters { host, alloc, zero });
+    }
+    if entry & QCOW_OFLAG_ZERO != 0 {
+        return Ok(L2Entry::Zero { host });
+    }
+    Ok(match host {
+        Some(host) => L2Entry::Data { host },
+        None => L2Entry::Unallocated,
+    })
+}
+
+impl L2Entry {
+    /// The state of subcluster `sc` (0 without extended L2) of size `sc_size`.
+    pub fn subcluster(&self, sc: u32, sc_size: u64) -> SubclusterKind {
+        match *self {
+            L2Entry::Unallocated => SubclusterKind::Unallocated,
+            L2Entry::Zero { .. } => SubclusterKind::Zero,
+            L2Entry::Data { host } => SubclusterKind::Data(host),
+            L2Entry::Compressed { host, len } => SubclusterKind::Compressed { host, len },
+            L2Entry::Subclusters { host, alloc, zero } => {
+                let bit = 1u32 << sc;
+                if alloc & bit != 0 {
+                    // decode_l2 guarantees a host offset when any bit is allocated.
+                    let base = host.map_or(0, |h| h.0);
+                    SubclusterKind::Data(HostOffset(base + u64::from(sc) * sc_size))
+                } else if zero & bit != 0 {
+                    SubclusterKind::Zero
+                } else {
+                    SubclusterKind::Unallocated
+                }
+            }
+        }
+    }
+
+    /// True for entries that own a host cluster for their data (what qemu-img
+    /// check counts as an allocated cluster).
+    pub fn is_allocated(&self) -> bool {
+        match self {
+            L2Entry::Unallocated => false,
+            L2Entry::Zero { host } => host.is_some(),
+            L2Entry::Data { .. } | L2Entry::Compressed { .. } => true,
+            L2Entry::Subclusters { host, .. } => host.is_some(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn what() -> String {
+        "test".into()
+    }
+
+    #[test]
+    fn decodes_standard_entries() {
+        let geo = CompressedGeometry::new(16);
+        assert_eq!(
+            decode_l2(0, None, 16, geo, &what).unwrap(),
+            L2Entry::Unallocated
+        );
+        assert_eq!(
+            decode_l2(QCOW_OFLAG_COPIED | 0x50000, None, 16, geo, &what).unwrap(),
+            L2Entry::Data {
+                host: HostOffset(0x50000)
+            }
+        );
+        assert_eq!(
+            decode_l2(1, None, 16, geo, &what).unwrap(),
+            L2Entry::Zero { host: None }
+        );
+        assert!(decode_l2(0x50200, None, 16, geo, &what).is_err());
+    }
+
+    #[test]
+    fn decodes_compressed_entries() {
+        // 64 KiB clusters: csize_shift = 54; 3 extra sectors at offset 0x12345.
+        let geo = CompressedGeometry::new(16);
+        let entry = QCOW_OFLAG_COMPRESSED | (3u64 << 54) | 0x12345;
+        assert_eq!(
+            decode_l2(entry, None, 16, geo, &what).unwrap(),
+            L2Entry::Compressed {
+                host: HostOffset(0x12345),
+                len: 4 * 512 - 0x145
+            }
+        );
+    }
+
+    #[test]
+    fn decodes_subclusters() {
+        let geo = CompressedGeometry::new(16);
+        let e = decode_l2(0x50000, Some((0b10u64 << 32) | 0b01), 16, geo, &what).unwrap();
+        assert_eq!(
+            e.subcluster(0, 2048),
+            SubclusterKind::Data(HostOffset(0x50000))
+        );
+        assert_eq!(e.subcluster(1, 2048), SubclusterKind::Zero);
+        assert_eq!(e.subcluster(2, 2048), SubclusterKind::Unallocated);
+        assert!(decode_l2(0, Some(1), 16, geo, &what).is_err());
+        assert!(decode_l2(0x50000, Some((1u64 << 32) | 1), 16, geo, &what).is_err());
+    }
+
+    #[test]
+    fn l1_entries_must_be_aligned() {
+        assert_eq!(decode_l1(0, 16, &what).unwrap(), None);
+        assert_eq!(
+            decode_l1(QCOW_OFLAG_COPIED | 0x30000, 16, &what).unwrap(),
+            Some(HostOffset(0x30000))
+        );
+        assert!(decode_l1(0x30200, 16, &what).is_err());
+    }
+}

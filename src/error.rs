@@ -1,0 +1,166 @@
+//! The one error type of the library.
+//!
+//! Every variant names what went wrong and carries the evidence (which
+//! structure, at which offset, which value, against which bound), so that a
+//! log line leads to one place in the code.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Result alias used across the crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong while opening or reading an image.
+#[derive(Debug)]
+pub enum Error {
+    /// An operating-system call on a file failed.
+    Io {
+        /// What was being done, e.g. "read L2 table".
+        what: String,
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The file is not a qcow2 image (bad magic).
+    NotQcow2 {
+        /// The file that was probed.
+        path: PathBuf,
+    },
+    /// An on-disk structure is inconsistent with the specification.
+    Corrupt {
+        /// Which structure, e.g. "L2 table at 0x50000 (L1[3])".
+        what: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A table's size is beyond the limit we accept.
+    TooLarge {
+        /// Which table or field.
+        what: &'static str,
+        /// The value found on disk.
+        value: u64,
+        /// The named limit it exceeds.
+        limit: u64,
+    },
+    /// A structure lies (partly) beyond the end of the file.
+    PastEof {
+        /// Which structure.
+        what: String,
+        /// Its offset.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// The file's length.
+        file_len: u64,
+    },
+    /// The image uses a feature that this tool does not read.
+    Unsupported {
+        /// The feature, named as the specification names it.
+        feature: String,
+    },
+    /// A backing file could not be used.
+    Backing {
+        /// The backing file name as written in the image.
+        name: String,
+        /// Why it could not be used.
+        reason: String,
+    },
+    /// A compressed cluster could not be decompressed.
+    Decompress {
+        /// The host offset of the compressed data.
+        offset: u64,
+        /// What the decompressor said.
+        detail: String,
+    },
+    /// The snapshot a view stands for no longer exists in the image.
+    SnapshotGone {
+        /// The snapshot's unique ID.
+        id: String,
+    },
+    /// The image is open for writing by another program (a running VM).
+    InUse {
+        /// The image file.
+        path: PathBuf,
+    },
+}
+
+impl Error {
+    /// Build an [`Error::Corrupt`].
+    pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Error {
+        Error::Corrupt {
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Build an [`Error::Io`].
+    pub fn io(what: impl Into<String>, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            what: what.into(),
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The errno a filesystem request failing with this error should return.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Error::NotQcow2 { .. } => libc::EIO,
+            Error::Corrupt { .. } => libc::EIO,
+            Error::TooLarge { .. } => libc::EIO,
+            Error::PastEof { .. } => libc::EIO,
+            Error::Unsupported { .. } => libc::EIO,
+            Error::Backing { .. } => libc::EIO,
+            Error::Decompress { .. } => libc::EIO,
+            Error::SnapshotGone { .. } => libc::EIO,
+            Error::InUse { .. } => libc::EBUSY,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { what, path, source } => {
+                write!(f, "{}: {what}: {source}", path.display())
+            }
+            Error::NotQcow2 { path } => write!(f, "{}: not a qcow2 image", path.display()),
+            Error::Corrupt { what, detail } => write!(f, "{what}: {detail}"),
+            Error::TooLarge { what, value, limit } => {
+                write!(f, "{what} is {value}, more than the limit of {limit}")
+            }
+            Error::PastEof {
+                what,
+                offset,
+                len,
+                file_len,
+            } => write!(
+                f,
+                "{what} at {offset:#x} (+{len:#x}) lies past the end of the file ({file_len:#x})"
+            ),
+            Error::Unsupported { feature } => write!(f, "unsupported qcow2 feature: {feature}"),
+            Error::Backing { name, reason } => write!(f, "backing file '{name}': {reason}"),
+            Error::Decompress { offset, detail } => {
+                write!(f, "compressed cluster at {offset:#x}: {detail}")
+            }
+            Error::SnapshotGone { id } => write!(f, "snapshot id {id} no longer exists"),
+            Error::InUse { path } => write!(
+                f,
+                "{}: image is in use by another program (use --force-share to read it anyway)",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

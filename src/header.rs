@@ -1,0 +1,451 @@
+//! The qcow2 header and its extensions (docs/interop/qcow2.txt, "Header").
+
+use crate::be::Be;
+use crate::error::{Error, Result};
+use crate::source::SourceFile;
+
+/// "QFI\xfb": the first four bytes of every qcow2 file.
+pub const QCOW2_MAGIC: u32 = 0x5146_49fb;
+/// Smallest cluster size the specification allows (512 bytes).
+pub const MIN_CLUSTER_BITS: u32 = 9;
+/// Largest cluster size QEMU creates or opens (2 MiB).
+pub const MAX_CLUSTER_BITS: u32 = 21;
+/// Length of the version 2 header; version 3 headers are at least 104 bytes.
+pub const V2_HEADER_LENGTH: u32 = 72;
+/// Minimum version 3 header length (spec: "header_length ... 104 or 112").
+pub const V3_MIN_HEADER_LENGTH: u32 = 104;
+/// QEMU refuses backing file names longer than this (1023 bytes).
+pub const MAX_BACKING_FILE_NAME: u32 = 1023;
+/// QEMU's limit on the L1 table size (QCOW_MAX_L1_SIZE, 32 MiB).
+pub const MAX_L1_BYTES: u64 = 32 << 20;
+/// QEMU's limit on the refcount table size (QCOW_MAX_REFTABLE_SIZE, 8 MiB).
+pub const MAX_REFTABLE_BYTES: u64 = 8 << 20;
+/// QEMU's limit on the number of snapshots (QCOW_MAX_SNAPSHOTS).
+pub const MAX_SNAPSHOTS: u32 = 65536;
+/// QEMU's limit on the snapshot table size (QCOW_MAX_SNAPSHOTS_SIZE, 64 MiB).
+pub const MAX_SNAPSHOT_TABLE_BYTES: u64 = 64 << 20;
+/// Largest refcount_order the specification allows (64-bit refcounts).
+pub const MAX_REFCOUNT_ORDER: u32 = 6;
+
+/// Incompatible feature bit 0: the image was not closed cleanly.
+pub const INCOMPAT_DIRTY: u64 = 1 << 0;
+/// Incompatible feature bit 1: the image was marked corrupt by QEMU.
+pub const INCOMPAT_CORRUPT: u64 = 1 << 1;
+/// Incompatible feature bit 2: guest data lives in an external data file.
+pub const INCOMPAT_DATA_FILE: u64 = 1 << 2;
+/// Incompatible feature bit 3: the compression type field is valid.
+pub const INCOMPAT_COMPRESSION: u64 = 1 << 3;
+/// Incompatible feature bit 4: L2 entries are 128 bits with subclusters.
+pub const INCOMPAT_EXTL2: u64 = 1 << 4;
+/// Every incompatible bit this reader understands.
+pub const INCOMPAT_KNOWN: u64 =
+    INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
+/// Compatible feature bit 0: lazy refcounts.
+pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
+/// Autoclear feature bit 0: bitmaps extension is consistent.
+pub const AUTOCLEAR_BITMAPS: u64 = 1 << 0;
+/// Autoclear feature bit 1: the external data file is raw (guest = host offsets).
+pub const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
+
+const EXT_END: u32 = 0;
+const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+const EXT_FEATURE_NAMES: u32 = 0x6803_f857;
+const EXT_BITMAPS: u32 = 0x2385_2875;
+const EXT_CRYPTO: u32 = 0x0537_be77;
+const EXT_DATA_FILE: u32 = 0x4441_5441;
+
+/// How compressed clusters are encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompressionType {
+    /// Raw deflate (RFC 1951), QEMU's default.
+    Zlib,
+    /// A zstd frame.
+    Zstd,
+}
+
+/// One entry of the feature name table extension.
+#[derive(Clone, Debug)]
+pub struct FeatureName {
+    /// 0 incompatible, 1 compatible, 2 autoclear.
+    pub kind: u8,
+    /// Bit number.
+    pub bit: u8,
+    /// Human-readable name.
+    pub name: String,
+}
+
+/// A decoded qcow2 header, with its extensions. Field names follow the spec.
+#[derive(Clone, Debug)]
+pub struct Header {
+    pub version: u32,
+    pub backing_file_offset: u64,
+    pub backing_file_size: u32,
+    pub cluster_bits: u32,
+    pub size: u64,
+    pub crypt_method: u32,
+    pub l1_size: u32,
+    pub l1_table_offset: u64,
+    pub refcount_table_offset: u64,
+    pub refcount_table_clusters: u32,
+    pub nb_snapshots: u32,
+    pub snapshots_offset: u64,
+    pub incompatible_features: u64,
+    pub compatible_features: u64,
+    pub autoclear_features: u64,
+    pub refcount_order: u32,
+    pub header_length: u32,
+    pub compression_type: CompressionType,
+    /// The backing file name, if any.
+    pub backing_file: Option<String>,
+    /// The backing file format extension, if present.
+    pub backing_format: Option<String>,
+    /// The external data file name extension, if present.
+    pub data_file: Option<String>,
+    /// The feature name table, if present.
+    pub feature_names: Vec<FeatureName>,
+    /// True when a bitmaps extension is present.
+    pub has_bitmaps: bool,
+    /// Types of extensions this reader skipped.
+    pub unknown_extensions: Vec<u32>,
+}
+
+impl Header {
+    /// Cluster size in bytes.
+    pub fn cluster_size(&self) -> u64 {
+        1u64 << self.cluster_bits
+    }
+
+    /// True when L2 entries are extended (128-bit, with subclusters).
+    pub fn extended_l2(&self) -> bool {
+        self.incompatible_features & INCOMPAT_EXTL2 != 0
+    }
+
+    /// Size of one L2 entry in bytes.
+    pub fn l2_entry_size(&self) -> u64 {
+        if self.extended_l2() { 16 } else { 8 }
+    }
+
+    /// Number of entries in one L2 table.
+    pub fn l2_entries(&self) -> u64 {
+        self.cluster_size() / self.l2_entry_size()
+    }
+
+    /// Guest bytes covered by one L1 entry.
+    pub fn l1_coverage(&self) -> u64 {
+        self.cluster_size() * self.l2_entries()
+    }
+
+    /// Width of one refcount in bits.
+    pub fn refcount_bits(&self) -> u32 {
+        1 << self.refcount_order
+    }
+
+    /// Name of a feature bit from the image's own table, if it has one.
+    pub fn feature_name(&self, kind: u8, bit: u8) -> Option<&str> {
+        self.feature_names
+            .iter()
+            .find(|f| f.kind == kind && f.bit == bit)
+            .map(|f| f.name.as_str())
+    }
+
+    /// Read and validate the header of `file`.
+    pub fn read(file: &SourceFile) -> Result<Header> {
+        let mut first = [0u8; 112];
+        let avail = file.len().min(first.len() as u64) as usize;
+        if avail < 4 {
+            return Err(Error::NotQcow2 {
+                path: file.path().to_path_buf(),
+            });
+        }
+        file.read_exact_at(&mut first[..avail], 0, "header")?;
+        let be = Be::new(&first[..avail], "header");
+        if be.u32(0)? != QCOW2_MAGIC {
+            return Err(Error::NotQcow2 {
+                path: file.path().to_path_buf(),
+            });
+        }
+        let version = be.u32(4)?;
+        if version != 2 && version != 3 {
+            return Err(Error::Unsupported {
+                feature: format!("qcow2 version {version}"),
+            });
+        }
+        let cluster_bits = be.u32(20)?;
+        if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
+            return Err(Error::corrupt(
+                "header",
+                format!(
+                    "cluster_bits {cluster_bits} outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}"
+                ),
+            ));
+        }
+        let cluster_size = 1u64 << cluster_bits;
+        let header_length = if version == 2 {
+            V2_HEADER_LENGTH
+        } else {
+            be.u32(100)?
+        };
+        if version == 3 && (header_length < V3_MIN_HEADER_LENGTH || header_length % 8 != 0) {
+            return Err(Error::corrupt(
+                "header",
+                format!("header_length {header_length} is not a multiple of 8 of at least 104"),
+            ));
+        }
+        if u64::from(header_length) > cluster_size {
+            return Err(Error::corrupt(
+                "header",
+                format!("header_length {header_length} exceeds the cluster size {cluster_size}"),
+            ));
+        }
+        // The header and its extensions live in the first cluster.
+        let first_cluster_len = cluster_size.min(file.len());
+        let cluster = file.read_vec(0, first_cluster_len, "header cluster")?;
+        let be = Be::new(&cluster, "header");
+
+        let (incompatible_features, compatible_features, autoclear_features, refcount_order) =
+            if version == 3 {
+                (be.u64(72)?, be.u64(80)?, be.u64(88)?, be.u32(96)?)
+            } else {
+                (0, 0, 0, 4)
+            };
+        let compression_type = if version == 3 && header_length > 104 {
+            match be.u8(104)? {
+                0 => CompressionType::Zlib,
+                1 => CompressionType::Zstd,
+                t => {
+                    return Err(Error::Unsupported {
+                        feature: format!("compression type {t}"),
+                    });
+                }
+            }
+        } else {
+            CompressionType::Zlib
+        };
+        if compression_type != CompressionType::Zlib
+            && incompatible_features & INCOMPAT_COMPRESSION == 0
+        {
+            return Err(Error::corrupt(
+                "header",
+                "compression_type is set but the compression incompatible bit is not",
+            ));
+        }
+        let mut h = Header {
+            version,
+            backing_file_offset: be.u64(8)?,
+            backing_file_size: be.u32(16)?,
+            cluster_bits,
+            size: be.u64(24)?,
+            crypt_method: be.u32(32)?,
+            l1_size: be.u32(36)?,
+            l1_table_offset: be.u64(40)?,
+            refcount_table_offset: be.u64(48)?,
+            refcount_table_clusters: be.u32(56)?,
+            nb_snapshots: be.u32(60)?,
+            snapshots_offset: be.u64(64)?,
+            incompatible_features,
+            compatible_features,
+            autoclear_features,
+            refcount_order,
+            header_length,
+            compression_type,
+            backing_file: None,
+            backing_format: None,
+            data_file: None,
+            feature_names: Vec::new(),
+            has_bitmaps: false,
+            unknown_extensions: Vec::new(),
+        };
+        h.read_extensions(&be)?;
+        h.validate(file)?;
+        if h.backing_file_offset != 0 && h.backing_file_size != 0 {
+            if h.backing_file_size > MAX_BACKING_FILE_NAME {
+                return Err(Error::TooLarge {
+                    what: "backing_file_size",
+                    value: u64::from(h.backing_file_size),
+                    limit: u64::from(MAX_BACKING_FILE_NAME),
+                });
+            }
+            let name = file.read_vec(
+                h.backing_file_offset,
+                u64::from(h.backing_file_size),
+                "backing file name",
+            )?;
+            h.backing_file = Some(String::from_utf8_lossy(&name).into_owned());
+        }
+        Ok(h)
+    }
+
+    fn read_extensions(&mut self, be: &Be) -> Result<()> {
+        let mut off = self.header_length as usize;
+        // Extensions end at a zero type or at the end of the first cluster.
+        while off + 8 <= be.len() {
+            let ty = be.u32(off)?;
+            let len = be.u32(off + 4)? as usize;
+            if ty == EXT_END {
+                break;
+            }
+            let what = format!("header extension {ty:#x} at byte {off}");
+            let data = Be::new(
+                be.bytes(off + 8, len).map_err(|_| {
+                    Error::corrupt(
+                        what.clone(),
+                        format!("length {len} runs past the first cluster"),
+                    )
+                })?,
+                "header extension",
+            );
+            match ty {
+                EXT_BACKING_FORMAT => {
+                    self.backing_format = Some(ext_string(data.bytes(0, len)?));
+                }
+                EXT_DATA_FILE => self.data_file = Some(ext_string(data.bytes(0, len)?)),
+                EXT_FEATURE_NAMES => {
+                    for i in 0..len / 48 {
+                        let e = data.bytes(i * 48, 48)?;
+                        self.feature_names.push(FeatureName {
+                            kind: e[0],
+                            bit: e[1],
+                            name: ext_string(&e[2..]),
+                        });
+                    }
+                }
+                EXT_BITMAPS => self.has_bitmaps = true,
+                EXT_CRYPTO => {}
+                other => self.unknown_extensions.push(other),
+            }
+            // Each extension's data is padded to a multiple of 8 bytes.
+            off = off
+                .checked_add(8 + len.div_ceil(8) * 8)
+                .ok_or_else(|| Error::corrupt(what, "length overflows"))?;
+        }
+        Ok(())
+    }
+
+    fn validate(&self, file: &SourceFile) -> Result<()> {
+        if self.crypt_method != 0 {
+            let how = if self.crypt_method == 1 {
+                "AES"
+            } else {
+                "LUKS"
+            };
+            return Err(Error::Unsupported {
+                feature: format!("encryption ({how}, crypt_method {})", self.crypt_method),
+            });
+        }
+        let unknown = self.incompatible_features & !INCOMPAT_KNOWN;
+        if unknown != 0 {
+            let names: Vec<String> = (0..64u8)
+                .filter(|b| unknown & (1u64 << b) != 0)
+                .map(|b| match self.feature_name(0, b) {
+                    Some(n) => format!("bit {b} ({n})"),
+                    None => format!("bit {b}"),
+                })
+                .collect();
+            return Err(Error::Unsupported {
+                feature: format!("incompatible feature {}", names.join(", ")),
+            });
+        }
+        if self.refcount_order > MAX_REFCOUNT_ORDER {
+            return Err(Error::corrupt(
+                "header",
+                format!("refcount_order {} is above 6", self.refcount_order),
+            ));
+        }
+        if self.incompatible_features & INCOMPAT_DATA_FILE != 0 && self.data_file.is_none() {
+            return Err(Error::Unsupported {
+                feature: "external data file without a data file name extension".into(),
+            });
+        }
+        if self.nb_snapshots > MAX_SNAPSHOTS {
+            return Err(Error::TooLarge {
+                what: "nb_snapshots",
+                value: u64::from(self.nb_snapshots),
+                limit: u64::from(MAX_SNAPSHOTS),
+            });
+        }
+        validate_table(
+            file,
+            self.cluster_bits,
+            "L1 table",
+            self.l1_table_offset,
+            u64::from(self.l1_size) * 8,
+            MAX_L1_BYTES,
+        )?;
+        validate_table(
+            file,
+            self.cluster_bits,
+            "refcount table",
+            self.refcount_table_offset,
+            u64::from(self.refcount_table_clusters) << self.cluster_bits,
+            MAX_REFTABLE_BYTES,
+        )?;
+        if self.nb_snapshots > 0 && !is_aligned(self.snapshots_offset, self.cluster_bits) {
+            return Err(Error::corrupt(
+                "snapshot table",
+                format!("offset {:#x} is not cluster aligned", self.snapshots_offset),
+            ));
+        }
+        // The L1 table must be large enough to map the whole virtual disk.
+        let needed = self.size.div_ceil(self.l1_coverage());
+        if needed > u64::from(self.l1_size) {
+            return Err(Error::corrupt(
+                "L1 table",
+                format!(
+                    "l1_size {} cannot map a virtual size of {} bytes ({needed} entries needed)",
+                    self.l1_size, self.size
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn ext_string(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+fn is_aligned(offset: u64, cluster_bits: u32) -> bool {
+    offset & ((1u64 << cluster_bits) - 1) == 0
+}
+
+/// The one validator for contiguous tables (L1, refcount table, snapshot
+/// table, snapshot L1 tables): offset aligned, size within `limit`, and the
+/// whole table inside the file. Called before anything is allocated for it.
+pub fn validate_table(
+    file: &SourceFile,
+    cluster_bits: u32,
+    what: &'static str,
+    offset: u64,
+    bytes: u64,
+    limit: u64,
+) -> Result<()> {
+    if bytes > limit {
+        return Err(Error::TooLarge {
+            what,
+            value: bytes,
+            limit,
+        });
+    }
+    if bytes == 0 {
+        return Ok(());
+    }
+    if !is_aligned(offset, cluster_bits) {
+        return Err(Error::corrupt(
+            what,
+            format!("offset {offset:#x} is not cluster aligned"),
+        ));
+    }
+    if offset == 0 {
+        return Err(Error::corrupt(what, "offset 0 overlaps the header"));
+    }
+    match offset.checked_add(bytes) {
+        Some(end) if end <= file.len() => Ok(()),
+        _ => Err(Error::PastEof {
+            what: what.to_string(),
+            offset,
+            len: bytes,
+            file_len: file.len(),
+        }),
+    }
+}

@@ -1,0 +1,18 @@
+//! qcow2fs: read-only views of qcow2 images, their internal snapshots, and
+//! chains of external qcow2 layers synthesized from them.
+
+pub mod be;
+pub mod cache;
+pub mod cluster;
+pub mod compress;
+pub mod error;
+pub mod header;
+pub mod image;
+pub mod offsets;
+pub mod snapshot;
+pub mod source;
+pub mod view;
+
+pub use error::{Error, Result};
+pub use image::{Image, OpenOptions, State, StateId, VmState};
+pub use view::{Extent, ExtentKind, View};

@@ -1,0 +1,216 @@
+//! The snapshot table (docs/interop/qcow2.txt, "Snapshots").
+
+use crate::be::Be;
+use crate::error::{Error, Result};
+use crate::header::{Header, MAX_L1_BYTES, MAX_SNAPSHOT_TABLE_BYTES, validate_table};
+use crate::source::SourceFile;
+
+/// Fixed part of a snapshot table entry, before extra data, id and name.
+const SNAPSHOT_ENTRY_FIXED: usize = 40;
+/// QEMU caps a snapshot entry's extra data at 1 KiB (QCOW_MAX_SNAPSHOT_EXTRA_DATA).
+pub const MAX_SNAPSHOT_EXTRA_DATA: u32 = 1024;
+
+/// One internal snapshot, as its table entry describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Position in the snapshot table (0-based).
+    pub index: usize,
+    /// Offset of the snapshot's L1 table.
+    pub l1_table_offset: u64,
+    /// Number of entries in its L1 table.
+    pub l1_size: u32,
+    /// Unique ID string.
+    pub id: String,
+    /// Name (may be empty or duplicated).
+    pub name: String,
+    /// Seconds since the epoch when it was taken.
+    pub date_sec: u32,
+    /// Nanosecond part of the date.
+    pub date_nsec: u32,
+    /// Guest run time in nanoseconds when it was taken.
+    pub vm_clock_nsec: u64,
+    /// Saved VM state size in bytes (0: none).
+    pub vm_state_size: u64,
+    /// The snapshot's own virtual disk size.
+    pub disk_size: u64,
+    /// Instruction count, when recorded (-1 when not).
+    pub icount: Option<u64>,
+    /// Bytes of extra data in the entry.
+    pub extra_data_size: u32,
+}
+
+/// Reads a table of unknown length in growing pieces, never past `limit`
+/// bytes, so a small table costs a small read and a huge one stops at the
+/// named bound.
+struct GrowingRead<'a> {
+    file: &'a SourceFile,
+    start: u64,
+    limit: u64,
+    buf: Vec<u8>,
+}
+
+impl GrowingRead<'_> {
+    fn need(&mut self, end: usize) -> Result<()> {
+        if end <= self.buf.len() {
+            return Ok(());
+        }
+        if end as u64 > self.limit {
+            return Err(Error::corrupt(
+                "snapshot table",
+                "entry runs past its limit",
+            ));
+        }
+        let new_len = (end.max(self.buf.len() * 2).max(4096) as u64).min(self.limit);
+        let old_len = self.buf.len();
+        self.buf.resize(new_len as usize, 0);
+        self.file.read_exact_at(
+            &mut self.buf[old_len..],
+            self.start + old_len as u64,
+            "snapshot table",
+        )
+    }
+}
+
+/// Read and validate the snapshot table. Returns the snapshots and the
+/// table's size in bytes.
+pub fn read_snapshots(file: &SourceFile, h: &Header) -> Result<(Vec<Snapshot>, u64)> {
+    if h.nb_snapshots == 0 {
+        return Ok((Vec::new(), 0));
+    }
+    // The table's length is only known after walking it; read at most the
+    // named limit, clipped to the file, then walk inside that buffer.
+    let avail = file
+        .len()
+        .checked_sub(h.snapshots_offset)
+        .ok_or_else(|| Error::PastEof {
+            what: "snapshot table".into(),
+            offset: h.snapshots_offset,
+            len: 0,
+            file_len: file.len(),
+        })?;
+    let want = avail.min(MAX_SNAPSHOT_TABLE_BYTES);
+    validate_table(
+        file,
+        h.cluster_bits,
+        "snapshot table",
+        h.snapshots_offset,
+        want,
+        MAX_SNAPSHOT_TABLE_BYTES,
+    )?;
+    let mut table = GrowingRead {
+        file,
+        start: h.snapshots_offset,
+        limit: want,
+        buf: Vec::new(),
+    };
+    let mut snaps = Vec::with_capacity(h.nb_snapshots as usize);
+    let mut off = 0usize;
+    for index in 0..h.nb_snapshots as usize {
+        let what = format!(
+            "snapshot table at {:#x}: entry {index} at byte {off}",
+            h.snapshots_offset
+        );
+        let truncated = || {
+            if want < avail {
+                Error::TooLarge {
+                    what: "snapshot table size",
+                    value: avail,
+                    limit: MAX_SNAPSHOT_TABLE_BYTES,
+                }
+            } else {
+                Error::corrupt(what.clone(), "runs past the end of the file")
+            }
+        };
+        // The fixed part tells how long the rest of the entry is.
+        let fixed_end = off + SNAPSHOT_ENTRY_FIXED;
+        table.need(fixed_end).map_err(|_| truncated())?;
+        let fixed = Be::new(&table.buf, "snapshot table").bytes(off, SNAPSHOT_ENTRY_FIXED)?;
+        let e = Be::new(fixed, &what);
+        let l1_table_offset = e.u64(0)?;
+        let l1_size = e.u32(8)?;
+        let id_str_size = e.u16(12)? as usize;
+        let name_size = e.u16(14)? as usize;
+        let date_sec = e.u32(16)?;
+        let date_nsec = e.u32(20)?;
+        let vm_clock_nsec = e.u64(24)?;
+        let vm_state_size32 = e.u32(32)?;
+        let extra_data_size = e.u32(36)?;
+        if extra_data_size > MAX_SNAPSHOT_EXTRA_DATA {
+            return Err(Error::TooLarge {
+                what: "snapshot extra_data_size",
+                value: u64::from(extra_data_size),
+                limit: u64::from(MAX_SNAPSHOT_EXTRA_DATA),
+            });
+        }
+        let extra_len = extra_data_size as usize;
+        let extra_off = off + SNAPSHOT_ENTRY_FIXED;
+        table
+            .need(extra_off + extra_len + id_str_size + name_size)
+            .map_err(|_| truncated())?;
+        let be = Be::new(&table.buf, "snapshot table");
+        let extra = Be::new(
+            be.bytes(extra_off, extra_len).map_err(|_| truncated())?,
+            &what,
+        );
+        if h.version >= 3 && extra_len < 16 {
+            return Err(Error::corrupt(
+                what.clone(),
+                format!("extra_data_size {extra_len} is below the 16 bytes version 3 requires"),
+            ));
+        }
+        let vm_state_size = if extra_len >= 8 {
+            extra.u64(0)?
+        } else {
+            u64::from(vm_state_size32)
+        };
+        let disk_size = if extra_len >= 16 {
+            extra.u64(8)?
+        } else {
+            h.size
+        };
+        let icount = if extra_len >= 24 {
+            Some(extra.u64(16)?).filter(|&c| c != u64::MAX)
+        } else {
+            None
+        };
+        let id_off = extra_off + extra_len;
+        let id = be.bytes(id_off, id_str_size).map_err(|_| truncated())?;
+        let name = be
+            .bytes(id_off + id_str_size, name_size)
+            .map_err(|_| truncated())?;
+        let end = id_off + id_str_size + name_size;
+        off = end.div_ceil(8) * 8;
+
+        validate_table(
+            file,
+            h.cluster_bits,
+            "snapshot L1 table",
+            l1_table_offset,
+            u64::from(l1_size) * 8,
+            MAX_L1_BYTES,
+        )
+        .map_err(|err| Error::corrupt(what.clone(), err.to_string()))?;
+        let coverage = h.l1_coverage();
+        if disk_size.div_ceil(coverage) > u64::from(l1_size) {
+            return Err(Error::corrupt(
+                what.clone(),
+                format!("l1_size {l1_size} cannot map its disk size of {disk_size} bytes"),
+            ));
+        }
+        snaps.push(Snapshot {
+            index,
+            l1_table_offset,
+            l1_size,
+            id: String::from_utf8_lossy(id).into_owned(),
+            name: String::from_utf8_lossy(name).into_owned(),
+            date_sec,
+            date_nsec,
+            vm_clock_nsec,
+            vm_state_size,
+            disk_size,
+            icount,
+            extra_data_size,
+        });
+    }
+    Ok((snaps, off as u64))
+}

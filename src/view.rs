@@ -1,0 +1,146 @@
+//! Read-only views: a size, a read at an offset, and a map of extents.
+//!
+//! Every file of the tree is a view. A qcow2 state is a view over its image
+//! file and its backing view; a plain file is a view of itself.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::source::SourceFile;
+
+/// What a run of bytes of a view holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExtentKind {
+    /// Bytes stored somewhere (they may still happen to be zero).
+    Data,
+    /// Known to read as zeros, explicitly.
+    Zero,
+    /// Nothing stored: reads as zeros.
+    Hole,
+}
+
+/// A run of a view's bytes of one kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// First byte.
+    pub start: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// What the bytes are.
+    pub kind: ExtentKind,
+}
+
+impl Extent {
+    /// One past the last byte.
+    pub fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+/// A read-only sequence of bytes.
+pub trait View: Send + Sync {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+
+    /// Fill `buf` from `offset`. Bytes at or past `size()` are not read; the
+    /// count of bytes filled is returned.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize>;
+
+    /// The extents covering `[offset, offset + len)` clipped to the size,
+    /// in order, adjacent runs of one kind merged.
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>>;
+}
+
+/// Append an extent to `out`, merging with the last one when it continues it.
+pub fn push_extent(out: &mut Vec<Extent>, start: u64, len: u64, kind: ExtentKind) {
+    if len == 0 {
+        return;
+    }
+    if let Some(last) = out.last_mut() {
+        if last.kind == kind && last.end() == start {
+            last.len += len;
+            return;
+        }
+    }
+    out.push(Extent { start, len, kind });
+}
+
+/// A plain file shown byte for byte (also raw backing files).
+pub struct RawView {
+    file: SourceFile,
+}
+
+impl RawView {
+    /// Open `path` read-only.
+    pub fn open(path: &Path) -> Result<RawView> {
+        Ok(RawView {
+            file: SourceFile::open(path)?,
+        })
+    }
+}
+
+impl View for RawView {
+    fn size(&self) -> u64 {
+        self.file.len()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let n = clip(buf.len(), offset, self.size());
+        if n == 0 {
+            return Ok(0);
+        }
+        self.file
+            .read_exact_at(&mut buf[..n], offset, "raw file data")?;
+        Ok(n)
+    }
+
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let end = offset.saturating_add(len).min(self.size());
+        let mut out = Vec::new();
+        let fd = self.file.file().as_raw_fd();
+        let mut pos = offset;
+        while pos < end {
+            // SEEK_DATA/SEEK_HOLE tell where the file system stored data; a
+            // file system that does not know reports all data.
+            let data = seek(fd, pos, libc::SEEK_DATA).unwrap_or(end).min(end);
+            push_extent(&mut out, pos, data - pos, ExtentKind::Hole);
+            if data >= end {
+                break;
+            }
+            let hole = seek(fd, data, libc::SEEK_HOLE).unwrap_or(end).min(end);
+            push_extent(&mut out, data, hole - data, ExtentKind::Data);
+            pos = hole;
+        }
+        Ok(out)
+    }
+}
+
+fn seek(fd: i32, pos: u64, whence: i32) -> Option<u64> {
+    let pos = i64::try_from(pos).ok()?;
+    // SAFETY: lseek on a file descriptor we own; it has no memory effects.
+    let r = unsafe { libc::lseek(fd, pos, whence) };
+    u64::try_from(r).ok()
+}
+
+/// How many of `want` bytes at `offset` lie below `size`.
+pub fn clip(want: usize, offset: u64, size: u64) -> usize {
+    if offset >= size {
+        0
+    } else {
+        (want as u64).min(size - offset) as usize
+    }
+}
+
+/// Check that `[offset, offset + len)` of `file` can be read.
+pub fn check_range(file: &SourceFile, offset: u64, len: u64, what: &str) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= file.len() => Ok(()),
+        _ => Err(Error::PastEof {
+            what: what.to_string(),
+            offset,
+            len,
+            file_len: file.len(),
+        }),
+    }
+}

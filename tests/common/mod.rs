@@ -1,0 +1,157 @@
+//! Helpers shared by the integration tests: images are built with qemu-img
+//! and qemu-io at test time, and qemu-img's reading of them is the oracle.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use qcow2fs::{Image, OpenOptions, StateId, View};
+
+/// Run a command, panicking with its output when it fails.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// qemu-img with the given arguments.
+pub fn qemu_img(args: &[&str]) -> String {
+    run("qemu-img", args)
+}
+
+/// qemu-io on an image (format given), one -c per command.
+pub fn qemu_io(img: &Path, fmt: &str, cmds: &[&str]) {
+    let mut args = vec!["-f", fmt];
+    for c in cmds {
+        args.push("-c");
+        args.push(c);
+    }
+    let p = img.to_str().unwrap();
+    args.push(p);
+    let out = run("qemu-io", &args);
+    assert!(
+        !out.contains("error") && !out.contains("failed"),
+        "qemu-io {cmds:?}: {out}"
+    );
+}
+
+/// Create a qcow2 image with `-o opts`.
+pub fn create(path: &Path, size: &str, opts: &str) {
+    let p = path.to_str().unwrap();
+    if opts.is_empty() {
+        qemu_img(&["create", "-q", "-f", "qcow2", p, size]);
+    } else {
+        qemu_img(&["create", "-q", "-f", "qcow2", "-o", opts, p, size]);
+    }
+}
+
+/// Take an internal snapshot.
+pub fn snapshot(path: &Path, name: &str) {
+    qemu_img(&["snapshot", "-c", name, path.to_str().unwrap()]);
+}
+
+/// What qemu-img reads for a state: `convert [-l snapshot.id=N] -O raw`.
+pub fn oracle_raw(dir: &Path, img: &Path, snapshot_id: Option<&str>) -> Vec<u8> {
+    let out = dir.join(format!(
+        "oracle-{}-{}.raw",
+        img.file_name().unwrap().to_string_lossy(),
+        snapshot_id.unwrap_or("active")
+    ));
+    let o = out.to_str().unwrap();
+    let i = img.to_str().unwrap();
+    match snapshot_id {
+        Some(id) => {
+            let l = format!("snapshot.id={id}");
+            qemu_img(&["convert", "-U", "-l", &l, "-O", "raw", i, o])
+        }
+        None => qemu_img(&["convert", "-U", "-O", "raw", i, o]),
+    };
+    let bytes = std::fs::read(&out).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    bytes
+}
+
+/// Every byte of a view, read in pieces of `chunk` bytes.
+pub fn read_all(v: &dyn View, chunk: usize) -> Vec<u8> {
+    let mut out = vec![0u8; v.size() as usize];
+    let mut pos = 0usize;
+    while pos < out.len() {
+        let end = (pos + chunk).min(out.len());
+        let n = v.read_at(&mut out[pos..end], pos as u64).unwrap();
+        assert_eq!(n, end - pos);
+        pos = end;
+    }
+    out
+}
+
+/// Assert that every state of `img` reads as qemu-img reads it, and that the
+/// extent maps agree with the bytes.
+pub fn assert_states_match(dir: &Path, img: &Path) {
+    let image = Image::open(img, &OpenOptions::new(8 << 20)).unwrap();
+    let mut states = vec![(StateId::Active, None)];
+    for (i, sn) in image.snapshots().iter().enumerate() {
+        states.push((StateId::Snapshot(i), Some(sn.id.clone())));
+    }
+    for (which, id) in states {
+        let state = image.state(which).unwrap();
+        let ours = read_all(&state, 1 << 20);
+        let theirs = oracle_raw(dir, img, id.as_deref());
+        // qemu-img reads a snapshot at the image's current size; a snapshot
+        // taken before a resize has its own smaller size, and qemu-img reads
+        // zeros past it.
+        assert!(
+            ours.len() <= theirs.len(),
+            "{} {which:?}: size",
+            img.display()
+        );
+        assert!(theirs[ours.len()..].iter().all(|&b| b == 0));
+        let theirs = &theirs[..ours.len()];
+        if ours != theirs {
+            let first = ours.iter().zip(theirs).position(|(a, b)| a != b).unwrap();
+            panic!(
+                "{} {which:?}: bytes differ first at {first:#x}",
+                img.display()
+            );
+        }
+        // Odd-sized reads at odd offsets give the same bytes.
+        let mut odd = vec![0u8; 70001];
+        let at = (ours.len() as u64 / 3) | 0x1ff;
+        let n = state.read_at(&mut odd, at).unwrap();
+        assert_eq!(&odd[..n], &ours[at as usize..at as usize + n]);
+        assert_extents_agree(&state, &ours);
+    }
+}
+
+/// Data extents cover every non-zero byte; holes and zero extents read zeros;
+/// the extents tile the view.
+pub fn assert_extents_agree(v: &dyn View, bytes: &[u8]) {
+    let ext = v.extents(0, v.size()).unwrap();
+    let mut pos = 0u64;
+    for e in &ext {
+        assert_eq!(e.start, pos, "extents must tile the view");
+        if e.kind != qcow2fs::ExtentKind::Data {
+            let s = &bytes[e.start as usize..e.end() as usize];
+            assert!(s.iter().all(|&b| b == 0), "{e:?} is not zeros");
+        }
+        pos = e.end();
+    }
+    assert_eq!(pos, v.size());
+}
+
+/// A fresh scratch folder.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// `dir/name` as a PathBuf.
+pub fn at(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
