@@ -3,12 +3,16 @@
 
 pub mod be;
 pub mod cache;
+pub mod check;
 pub mod cluster;
 pub mod compress;
 pub mod error;
 pub mod header;
 pub mod image;
+pub mod lock;
 pub mod offsets;
+pub mod refcount;
+pub mod report;
 pub mod snapshot;
 pub mod source;
 pub mod view;

@@ -155,3 +155,44 @@ pub fn scratch() -> tempfile::TempDir {
 pub fn at(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
+
+/// Overwrite bytes of a file at `offset`.
+pub fn poke(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+/// Read a big-endian u64 of a file.
+pub fn peek64(path: &Path, offset: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).unwrap();
+    let mut b = [0u8; 8];
+    f.read_exact_at(&mut b, offset).unwrap();
+    u64::from_be_bytes(b)
+}
+
+/// `qemu-img check --output=json`, whatever its exit status, as JSON; None
+/// when qemu-img could not check the image at all.
+pub fn qemu_check(img: &Path) -> Option<serde_json::Value> {
+    let out = Command::new("qemu-img")
+        .args(["check", "-U", "--output=json", img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// The path of the built qcow2fs binary.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_qcow2fs"))
+}
+
+/// Run qcow2fs with arguments; (exit code, stdout, stderr).
+pub fn qcow2fs(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

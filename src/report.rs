@@ -1,0 +1,374 @@
+//! The `info` report, as text and as JSON, in the spirit of qcow2-dump.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::check::{CheckReport, check};
+use crate::header::*;
+use crate::image::Image;
+
+/// Everything `info` says about an image.
+pub struct Info {
+    image: Arc<Image>,
+    check: CheckReport,
+    in_use: bool,
+}
+
+impl Info {
+    /// Gather the report for an opened image (runs the consistency check).
+    pub fn gather(image: &Arc<Image>) -> crate::Result<Info> {
+        Ok(Info {
+            image: Arc::clone(image),
+            check: check(image)?,
+            in_use: crate::lock::in_use(image.path()),
+        })
+    }
+
+    /// The check part of the report.
+    pub fn check(&self) -> &CheckReport {
+        &self.check
+    }
+
+    /// Names of the features the image uses.
+    pub fn features(&self) -> Vec<String> {
+        let h = self.image.header();
+        let mut f = Vec::new();
+        let mut add = |on: bool, name: &str| {
+            if on {
+                f.push(name.to_string());
+            }
+        };
+        add(h.incompatible_features & INCOMPAT_DIRTY != 0, "dirty");
+        add(h.incompatible_features & INCOMPAT_CORRUPT != 0, "corrupt");
+        add(
+            h.incompatible_features & INCOMPAT_DATA_FILE != 0,
+            "external data file",
+        );
+        add(
+            h.compression_type == CompressionType::Zstd,
+            "zstd compression",
+        );
+        add(h.extended_l2(), "extended L2 entries");
+        add(
+            h.compatible_features & COMPAT_LAZY_REFCOUNTS != 0,
+            "lazy refcounts",
+        );
+        add(
+            h.autoclear_features & AUTOCLEAR_BITMAPS != 0 || h.has_bitmaps,
+            "bitmaps",
+        );
+        add(
+            h.autoclear_features & AUTOCLEAR_DATA_FILE_RAW != 0,
+            "raw external data",
+        );
+        add(h.backing_file.is_some(), "backing file");
+        add(!self.image.snapshots().is_empty(), "internal snapshots");
+        add(
+            self.check.compressed_clusters > 0
+                || self.check.states.iter().any(|s| s.l2_compressed > 0),
+            "compressed clusters",
+        );
+        f
+    }
+
+    /// The report as JSON.
+    pub fn to_json(&self) -> Value {
+        let h = self.image.header();
+        let c = &self.check;
+        let cs = h.cluster_size();
+        let snapshots: Vec<Value> = self
+            .image
+            .snapshots()
+            .iter()
+            .map(|s| {
+                json!({
+                    "index": s.index, "id": s.id, "name": s.name,
+                    "date-sec": s.date_sec, "date-nsec": s.date_nsec,
+                    "vm-clock-nsec": s.vm_clock_nsec, "disk-size": s.disk_size,
+                    "vm-state-size": s.vm_state_size, "icount": s.icount,
+                    "l1-table-offset": s.l1_table_offset, "l1-size": s.l1_size,
+                })
+            })
+            .collect();
+        let states: Vec<Value> = c
+            .states
+            .iter()
+            .map(|s| {
+                json!({
+                    "state": s.label,
+                    "l1": {"size": s.l1_size, "used": s.l1_used, "unused": s.l1_unused,
+                           "unaligned": s.l1_unaligned, "invalid": s.l1_invalid},
+                    "l2": {"used": s.l2_used, "unused": s.l2_unused, "unaligned": s.l2_unaligned,
+                           "invalid": s.l2_invalid, "compressed": s.l2_compressed, "zero": s.l2_zero},
+                    "data-clusters": s.data_clusters,
+                    "new-clusters": s.new_clusters,
+                })
+            })
+            .collect();
+        json!({
+            "filename": self.image.path().display().to_string(),
+            "file-length": self.image.file().len(),
+            "in-use": self.in_use,
+            "header": {
+                "version": h.version, "size": h.size, "cluster-bits": h.cluster_bits,
+                "cluster-size": cs, "backing-file": h.backing_file,
+                "backing-format": h.backing_format, "data-file": h.data_file,
+                "l1-size": h.l1_size, "l1-table-offset": h.l1_table_offset,
+                "refcount-table-offset": h.refcount_table_offset,
+                "refcount-table-clusters": h.refcount_table_clusters,
+                "refcount-bits": h.refcount_bits(), "nb-snapshots": h.nb_snapshots,
+                "snapshots-offset": h.snapshots_offset,
+                "incompatible-features": h.incompatible_features,
+                "compatible-features": h.compatible_features,
+                "autoclear-features": h.autoclear_features,
+                "header-length": h.header_length,
+                "compression-type": match h.compression_type { CompressionType::Zlib => "zlib", CompressionType::Zstd => "zstd" },
+                "extended-l2": h.extended_l2(),
+            },
+            "snapshots": snapshots,
+            "states": states,
+            "refcount-table": {"entries": c.reftable_entries, "used": c.reftable_used,
+                               "entries-per-block": (cs * 8) >> h.refcount_order},
+            "check": {
+                "corruptions": c.corruptions, "leaks": c.leaks, "check-errors": c.check_errors,
+                "oflag-copied-mismatches": c.oflag_copied_mismatches,
+                "allocated-clusters": c.allocated_clusters, "total-clusters": c.total_clusters,
+                "compressed-clusters": c.compressed_clusters,
+                "fragmented-clusters": c.fragmented_clusters,
+                "image-end-offset": c.image_end_offset,
+                "messages": c.messages,
+            },
+            "summary": {
+                "active-clusters": c.active_clusters, "active-bytes": c.active_clusters * cs,
+                "inactive-clusters": c.inactive_clusters, "inactive-bytes": c.inactive_clusters * cs,
+                "used-clusters": c.used_clusters, "used-bytes": c.used_clusters * cs,
+            },
+            "features": self.features(),
+            "verdict": c.verdict(),
+        })
+    }
+
+    /// The report as text.
+    pub fn to_text(&self) -> String {
+        let h = self.image.header();
+        let c = &self.check;
+        let cs = h.cluster_size();
+        let mut t = String::new();
+        let _ = writeln!(t, "image: {}", self.image.path().display());
+        let _ = writeln!(t, "file length: {}", self.image.file().len());
+        if self.in_use {
+            let _ = writeln!(t, "in use: yes (another program holds a write lock)");
+        }
+        let _ = writeln!(t, "\n== header ==");
+        let rows: Vec<(&str, String)> = vec![
+            ("version", h.version.to_string()),
+            ("size", h.size.to_string()),
+            ("cluster_bits", format!("{} ({} bytes)", h.cluster_bits, cs)),
+            (
+                "backing_file",
+                h.backing_file.clone().unwrap_or_else(|| "-".into()),
+            ),
+            (
+                "backing_format",
+                h.backing_format.clone().unwrap_or_else(|| "-".into()),
+            ),
+            (
+                "data_file",
+                h.data_file.clone().unwrap_or_else(|| "-".into()),
+            ),
+            ("l1_size", h.l1_size.to_string()),
+            ("l1_table_offset", format!("{:#x}", h.l1_table_offset)),
+            (
+                "refcount_table_offset",
+                format!("{:#x}", h.refcount_table_offset),
+            ),
+            (
+                "refcount_table_clusters",
+                h.refcount_table_clusters.to_string(),
+            ),
+            (
+                "refcount_order",
+                format!("{} ({} bits)", h.refcount_order, h.refcount_bits()),
+            ),
+            ("nb_snapshots", h.nb_snapshots.to_string()),
+            ("snapshots_offset", format!("{:#x}", h.snapshots_offset)),
+            (
+                "incompatible_features",
+                format!("{:#x}", h.incompatible_features),
+            ),
+            (
+                "compatible_features",
+                format!("{:#x}", h.compatible_features),
+            ),
+            ("autoclear_features", format!("{:#x}", h.autoclear_features)),
+            ("header_length", h.header_length.to_string()),
+            (
+                "compression_type",
+                format!("{:?}", h.compression_type).to_lowercase(),
+            ),
+        ];
+        for (k, v) in rows {
+            let _ = writeln!(t, "{k:<24}{v}");
+        }
+        let _ = writeln!(t, "\n== snapshots ==");
+        let _ = writeln!(
+            t,
+            "{:<6}{:<20}{:<21}{:>16}{:>14}{:>14}{:>12}{:>8}",
+            "ID", "NAME", "DATE", "VM CLOCK (ns)", "DISK SIZE", "VM STATE", "L1 OFFSET", "L1 SIZE"
+        );
+        for s in self.image.snapshots() {
+            let _ = writeln!(
+                t,
+                "{:<6}{:<20}{:<21}{:>16}{:>14}{:>14}{:>12}{:>8}",
+                s.id,
+                s.name,
+                format_date(s.date_sec),
+                s.vm_clock_nsec,
+                s.disk_size,
+                s.vm_state_size,
+                format!("{:#x}", s.l1_table_offset),
+                s.l1_size
+            );
+        }
+        let _ = writeln!(t, "\n== tables per state ==");
+        let _ = writeln!(
+            t,
+            "{:<10}{:>8}{:>8}{:>10}{:>9}{:>10}{:>10}{:>10}{:>9}{:>11}{:>8}{:>10}{:>8}",
+            "STATE",
+            "L1 USED",
+            "UNUSED",
+            "UNALIGNED",
+            "INVALID",
+            "L2 USED",
+            "UNUSED",
+            "UNALIGNED",
+            "INVALID",
+            "COMPRESSED",
+            "ZERO",
+            "CLUSTERS",
+            "NEW"
+        );
+        for s in &c.states {
+            let _ = writeln!(
+                t,
+                "{:<10}{:>8}{:>8}{:>10}{:>9}{:>10}{:>10}{:>10}{:>9}{:>11}{:>8}{:>10}{:>8}",
+                s.label,
+                s.l1_used,
+                s.l1_unused,
+                s.l1_unaligned,
+                s.l1_invalid,
+                s.l2_used,
+                s.l2_unused,
+                s.l2_unaligned,
+                s.l2_invalid,
+                s.l2_compressed,
+                s.l2_zero,
+                s.data_clusters,
+                s.new_clusters
+            );
+        }
+        let _ = writeln!(t, "\n== refcount table ==");
+        let _ = writeln!(
+            t,
+            "entries {}, used {}, refcounts per block {}",
+            c.reftable_entries,
+            c.reftable_used,
+            (cs * 8) >> h.refcount_order
+        );
+        t.push_str(&check_text(c));
+        let _ = writeln!(t, "\n== summary ==");
+        let _ = writeln!(
+            t,
+            "active clusters:   {:>10} ({} bytes)",
+            c.active_clusters,
+            c.active_clusters * cs
+        );
+        let _ = writeln!(
+            t,
+            "inactive clusters: {:>10} ({} bytes)",
+            c.inactive_clusters,
+            c.inactive_clusters * cs
+        );
+        let _ = writeln!(
+            t,
+            "used clusters:     {:>10} ({} bytes)",
+            c.used_clusters,
+            c.used_clusters * cs
+        );
+        let _ = writeln!(t, "features: {}", self.features().join(", "));
+        let _ = writeln!(t, "verdict: {}", c.verdict());
+        t
+    }
+}
+
+/// The check part of the report, as text (what `qcow2fs check` prints).
+pub fn check_text(c: &CheckReport) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "\n== check ==");
+    for m in &c.messages {
+        let _ = writeln!(t, "{m}");
+    }
+    let _ = writeln!(t, "corruptions: {}", c.corruptions);
+    let _ = writeln!(t, "leaks: {}", c.leaks);
+    let _ = writeln!(t, "check errors: {}", c.check_errors);
+    let _ = writeln!(t, "OFLAG_COPIED mismatches: {}", c.oflag_copied_mismatches);
+    let pct = if c.total_clusters > 0 {
+        c.allocated_clusters as f64 * 100.0 / c.total_clusters as f64
+    } else {
+        0.0
+    };
+    let _ = writeln!(
+        t,
+        "{}/{} = {:.2}% allocated, {} compressed clusters",
+        c.allocated_clusters, c.total_clusters, pct, c.compressed_clusters
+    );
+    let _ = writeln!(t, "image end offset: {}", c.image_end_offset);
+    t
+}
+
+/// A report for an image that could not be opened: what the mount shows in
+/// that image's `info`.
+pub fn open_error_text(path: &std::path::Path, err: &crate::Error) -> String {
+    format!(
+        "image: {}\nerror: {err}\nverdict: cannot be read\n",
+        path.display()
+    )
+}
+
+/// UTC date as YYYY-MM-DD HH:MM:SS (civil-from-days, no time zone data).
+pub fn format_date(secs: u32) -> String {
+    let s = i64::from(secs);
+    let days = s.div_euclid(86400);
+    let rem = s.rem_euclid(86400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_dates() {
+        assert_eq!(super::format_date(0), "1970-01-01 00:00:00");
+        assert_eq!(super::format_date(1_700_000_000), "2023-11-14 22:13:20");
+    }
+}

@@ -1,0 +1,199 @@
+//! `qcow2fs info` and `qcow2fs check` count what `qemu-img check` counts.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn ours(img: &Path) -> (i32, serde_json::Value) {
+    let (code, out, err) = qcow2fs(&["check", "--output", "json", img.to_str().unwrap()]);
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+    (code, v)
+}
+
+fn field(v: &serde_json::Value, k: &str) -> u64 {
+    v.get(k).and_then(|x| x.as_u64()).unwrap_or(0)
+}
+
+/// Our counts equal qemu-img's, and the exit status follows them.
+fn assert_agrees(img: &Path) -> serde_json::Value {
+    let q = qemu_check(img).expect("qemu-img check gives JSON");
+    let (code, v) = ours(img);
+    for k in ["corruptions", "leaks"] {
+        assert_eq!(
+            field(&v, k),
+            field(&q, k),
+            "{}: {k}: ours {v:#} qemu {q:#}",
+            img.display()
+        );
+    }
+    assert_eq!(
+        field(&v, "allocated-clusters"),
+        field(&q, "allocated-clusters"),
+        "{}",
+        img.display()
+    );
+    assert_eq!(field(&v, "total-clusters"), field(&q, "total-clusters"));
+    let want = if field(&q, "corruptions") > 0 {
+        2
+    } else if field(&q, "leaks") > 0 {
+        3
+    } else {
+        0
+    };
+    assert_eq!(code, want, "{v:#}");
+    v
+}
+
+fn history(img: &Path, opts: &str) {
+    create(img, "16M", opts);
+    qemu_io(img, "qcow2", &["write -P 1 0 1M", "write -c -P 2 8M 256k"]);
+    snapshot(img, "a");
+    qemu_io(
+        img,
+        "qcow2",
+        &["write -P 3 512k 1M", "write -z 4M 64k", "discard 0 64k"],
+    );
+    snapshot(img, "b");
+    qemu_io(img, "qcow2", &["write -P 4 2M 64k"]);
+}
+
+#[test]
+fn clean_images_agree_with_qemu_img() {
+    let d = scratch();
+    for (name, opts) in [
+        ("v3.qcow2", ""),
+        ("v2.qcow2", "compat=0.10"),
+        ("extl2.qcow2", "extended_l2=on"),
+        ("small.qcow2", "cluster_size=4k,refcount_bits=64"),
+        ("zstd.qcow2", "compression_type=zstd,refcount_bits=8"),
+    ] {
+        let img = at(d.path(), name);
+        history(&img, opts);
+        let v = assert_agrees(&img);
+        assert_eq!(field(&v, "corruptions"), 0);
+        assert!(field(&v, "allocated-clusters") > 0);
+    }
+}
+
+/// The refcount block's offset and the width of one refcount in bytes.
+fn refblock(img: &Path) -> u64 {
+    let reftable = peek64(img, 48);
+    peek64(img, reftable) & !0x1ff
+}
+
+#[test]
+fn leaks_and_corruptions_agree_with_qemu_img() {
+    let d = scratch();
+    let base = at(d.path(), "base.qcow2");
+    history(&base, "");
+    let copy = |name: &str| {
+        let p = at(d.path(), name);
+        std::fs::copy(&base, &p).unwrap();
+        p
+    };
+    let l1 = peek64(&base, 40);
+    let l2 = peek64(&base, l1) & 0x00ff_ffff_ffff_fe00;
+    let rb = refblock(&base);
+
+    // A leak: the header cluster's refcount (16-bit entry 0) raised to 2.
+    let leak = copy("leak.qcow2");
+    poke(&leak, rb, &[0, 2]);
+    // A refcount for a cluster past the end of the file is not counted.
+    poke(&leak, rb + 2 * 200, &[0, 1]);
+    let v = assert_agrees(&leak);
+    assert_eq!(field(&v, "leaks"), 1);
+
+    // A corruption: the first L2 table's refcount dropped to 0.
+    let corrupt = copy("refzero.qcow2");
+    poke(&corrupt, rb + 2 * (l2 >> 16), &[0, 0]);
+    let v = assert_agrees(&corrupt);
+    assert!(field(&v, "corruptions") >= 1);
+
+    // QCOW_OFLAG_COPIED cleared on an active data cluster with refcount 1.
+    let copied = copy("copied.qcow2");
+    let mut found = false;
+    for i in 0..8192u64 {
+        let e = peek64(&copied, l2 + 8 * i);
+        if e & (1 << 63) != 0 && e & (1 << 62) == 0 {
+            poke(&copied, l2 + 8 * i, &(e & !(1u64 << 63)).to_be_bytes());
+            found = true;
+            break;
+        }
+    }
+    assert!(found);
+    let (_, v) = ours(&copied);
+    assert_eq!(field(&v, "oflag-copied-mismatches"), 1);
+    assert_agrees(&copied);
+
+    // An L2 entry pointing to an unaligned cluster.
+    let unaligned = copy("unaligned.qcow2");
+    let e = peek64(&unaligned, l2 + 8 * 20);
+    assert_ne!(e, 0);
+    poke(&unaligned, l2 + 8 * 20, &(e | 0x200).to_be_bytes());
+    assert_agrees(&unaligned);
+
+    // An L2 entry pointing past the end of the file.
+    let past = copy("past.qcow2");
+    poke(
+        &past,
+        l2 + 8 * 21,
+        &((1u64 << 63) | (1u64 << 40)).to_be_bytes(),
+    );
+    assert_agrees(&past);
+}
+
+#[test]
+fn info_reports_every_part() {
+    let d = scratch();
+    let img = at(d.path(), "vm.qcow2");
+    history(&img, "");
+    let (code, text, _) = qcow2fs(&["info", img.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    for part in [
+        "== header ==",
+        "== snapshots ==",
+        "== tables per state ==",
+        "== refcount table ==",
+        "== check ==",
+        "== summary ==",
+        "verdict: clean",
+        "features: internal snapshots, compressed clusters",
+    ] {
+        assert!(text.contains(part), "missing {part}:\n{text}");
+    }
+    let (code, json, _) = qcow2fs(&["info", "--output", "json", img.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["snapshots"].as_array().unwrap().len(), 2);
+    assert_eq!(v["snapshots"][1]["name"], "b");
+    let states = v["states"].as_array().unwrap();
+    assert_eq!(states.len(), 3);
+    // Snapshot b rewrote 1 MiB (16 clusters) over a; active wrote one more cluster.
+    assert_eq!(states[2]["new-clusters"], 16);
+    assert_eq!(states[0]["new-clusters"], 1);
+    let q = qemu_check(&img).unwrap();
+    assert_eq!(v["check"]["allocated-clusters"], q["allocated-clusters"]);
+    assert!(v["summary"]["inactive-clusters"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn check_of_an_unreadable_image_exits_1() {
+    let d = scratch();
+    let img = at(d.path(), "enc.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        "secret,id=s0,data=pw",
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=s0",
+        img.to_str().unwrap(),
+        "4M",
+    ]);
+    let (code, _, err) = qcow2fs(&["check", img.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("encryption"), "{err}");
+}
