@@ -79,6 +79,16 @@ pub enum Error {
         /// The snapshot's unique ID.
         id: String,
     },
+    /// No such file in the tree.
+    NotFound {
+        /// The name looked up.
+        name: String,
+    },
+    /// A directory operation on a file, or the reverse.
+    WrongKind {
+        /// What was expected: "directory" or "file".
+        expected: &'static str,
+    },
     /// The image is open for writing by another program (a running VM).
     InUse {
         /// The image file.
@@ -116,6 +126,11 @@ impl Error {
             Error::Backing { .. } => libc::EIO,
             Error::Decompress { .. } => libc::EIO,
             Error::SnapshotGone { .. } => libc::EIO,
+            Error::NotFound { .. } => libc::ENOENT,
+            Error::WrongKind {
+                expected: "directory",
+            } => libc::ENOTDIR,
+            Error::WrongKind { .. } => libc::EISDIR,
             Error::InUse { .. } => libc::EBUSY,
         }
     }
@@ -147,6 +162,8 @@ impl fmt::Display for Error {
                 write!(f, "compressed cluster at {offset:#x}: {detail}")
             }
             Error::SnapshotGone { id } => write!(f, "snapshot id {id} no longer exists"),
+            Error::NotFound { name } => write!(f, "{name}: no such file"),
+            Error::WrongKind { expected } => write!(f, "not a {expected}"),
             Error::InUse { path } => write!(
                 f,
                 "{}: image is in use by another program (use --force-share to read it anyway)",

@@ -7,14 +7,18 @@ pub mod check;
 pub mod cluster;
 pub mod compress;
 pub mod error;
+pub mod fuse;
 pub mod header;
 pub mod image;
 pub mod lock;
+pub mod mount;
+pub mod names;
 pub mod offsets;
 pub mod refcount;
 pub mod report;
 pub mod snapshot;
 pub mod source;
+pub mod tree;
 pub mod view;
 
 pub use error::{Error, Result};

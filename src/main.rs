@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use qcow2fs::mount::{MountArgs, mount};
 use qcow2fs::report::{Info, check_text};
 use qcow2fs::{Image, OpenOptions};
 
@@ -43,6 +44,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Mount IMAGE_DIR read-only at MOUNTPOINT, every qcow2 image a folder.
+    Mount(MountArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Info { image, output } => info(&image, output, false),
         Command::Check { image, output } => info(&image, output, true),
+        Command::Mount(args) => match mount(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("qcow2fs: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 

@@ -1,0 +1,230 @@
+//! The `mount` command: options, checks before mounting, daemonizing, and a
+//! clean unmount on SIGINT or SIGTERM.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::fuse::{Fs, MAX_READ};
+use crate::tree::{Tree, TreeOptions};
+
+/// Arguments of `qcow2fs mount`.
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// Folder of images to show.
+    pub image_dir: PathBuf,
+    /// Where to mount it.
+    pub mountpoint: PathBuf,
+    /// Mount options, comma-separated: allow_other, allow_root,
+    /// default_permissions, fsname=NAME, subtype=NAME (ro is implied).
+    #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
+    pub options: Vec<String>,
+    /// Detach once the mount is ready.
+    #[arg(long)]
+    pub daemon: bool,
+    /// Cache budget for L2 tables, refcount blocks and decompressed clusters
+    /// (bytes, or with a K, M or G suffix).
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Follow backing files that lie outside IMAGE_DIR.
+    #[arg(long)]
+    pub allow_outside_backing: bool,
+    /// Threads serving requests.
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+}
+
+/// Parse "64M", "1G", "4096".
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("'{s}' is not a size such as 64M"))
+}
+
+/// Why a mount could not start.
+#[derive(Debug)]
+pub struct MountError(String);
+
+impl std::fmt::Display for MountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn fail<T>(msg: String) -> Result<T, MountError> {
+    Err(MountError(msg))
+}
+
+/// The kernel device number ("major:minor") of the mount at `mp`, from
+/// /proc/self/mountinfo, without touching the mount itself.
+fn mount_device(mp: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mp.to_str()?;
+    info.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4) == Some(&want)).then(|| f.get(2).map(|s| s.to_string()))?
+        })
+        .last()
+}
+
+fn config(args: &MountArgs) -> Result<Config, MountError> {
+    let mut c = Config::default();
+    c.mount_options = vec![MountOption::RO, MountOption::NoDev, MountOption::NoSuid];
+    let mut fsname = None;
+    let mut subtype = "qcow2fs".to_string();
+    let mut default_permissions = false;
+    for o in args
+        .options
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    {
+        match o.split_once('=') {
+            Some(("fsname", v)) => fsname = Some(v.to_string()),
+            Some(("subtype", v)) => subtype = v.to_string(),
+            None if o == "allow_other" => {
+                c.acl = SessionACL::All;
+                // Other users must pass the kernel's permission check.
+                default_permissions = true;
+            }
+            None if o == "allow_root" => c.acl = SessionACL::RootAndOwner,
+            None if o == "default_permissions" => default_permissions = true,
+            None if matches!(
+                o,
+                "ro" | "nodev"
+                    | "nosuid"
+                    | "noatime"
+                    | "rw"
+                    | "auto"
+                    | "noauto"
+                    | "user"
+                    | "nouser"
+                    | "_netdev"
+                    | "nofail"
+            ) =>
+            {
+                if o == "rw" {
+                    return fail("qcow2fs mounts are read-only; option 'rw' is refused".into());
+                }
+            }
+            _ => return fail(format!("unknown mount option '{o}'")),
+        }
+    }
+    if default_permissions {
+        c.mount_options.push(MountOption::DefaultPermissions);
+    }
+    c.mount_options.push(MountOption::FSName(
+        fsname.unwrap_or_else(|| args.image_dir.display().to_string()),
+    ));
+    c.mount_options.push(MountOption::Subtype(subtype));
+    c.n_threads = Some(args.threads.max(1));
+    c.clone_fd = true;
+    Ok(c)
+}
+
+/// Mount and serve until unmounted or signalled.
+pub fn mount(args: &MountArgs) -> Result<(), MountError> {
+    if !args.image_dir.is_dir() {
+        return fail(format!(
+            "{}: IMAGE_DIR is not a folder",
+            args.image_dir.display()
+        ));
+    }
+    let mp = match std::fs::canonicalize(&args.mountpoint) {
+        Ok(p) if p.is_dir() => p,
+        Ok(_) => {
+            return fail(format!(
+                "{}: mountpoint is not a folder",
+                args.mountpoint.display()
+            ));
+        }
+        Err(e) => return fail(format!("{}: mountpoint: {e}", args.mountpoint.display())),
+    };
+    if mount_device(&mp).is_some() {
+        return fail(format!(
+            "{}: mountpoint is busy (something is mounted there)",
+            mp.display()
+        ));
+    }
+    let tree = Tree::new(
+        &args.image_dir,
+        &TreeOptions {
+            cache_bytes: args.cache_size,
+            allow_outside_backing: args.allow_outside_backing,
+        },
+    )
+    .map_err(|e| MountError(e.to_string()))?;
+    let cfg = config(args)?;
+    // Block the signals before any thread starts, so that only the waiter
+    // below receives them.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigset manipulation on a local set.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    let mut session = fuser::Session::new(Fs::new(tree), &mp, &cfg)
+        .map_err(|e| MountError(format!("{}: mount failed: {e}", mp.display())))?;
+    raise_readahead(&mp);
+    if args.daemon {
+        daemonize()?;
+    }
+    let mut unmounter = session.unmount_callable();
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: waits for one of the blocked signals.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        log::info!("signal {sig}: unmounting");
+        if let Err(e) = unmounter.unmount() {
+            log::warn!("unmount: {e}");
+        }
+    });
+    session
+        .run()
+        .map_err(|e| MountError(format!("serving the mount: {e}")))
+}
+
+/// As root, let the kernel read ahead as much as one request carries.
+fn raise_readahead(mp: &Path) {
+    let Some(dev) = mount_device(mp) else { return };
+    let p = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&p, format!("{}", MAX_READ / 1024)) {
+        log::debug!("{p}: {e}");
+    }
+}
+
+/// Detach: the parent exits 0 once the mount exists; the child serves it.
+fn daemonize() -> Result<(), MountError> {
+    // SAFETY: no other thread exists yet (the session's threads start in
+    // run), so fork is safe.
+    match unsafe { libc::fork() } {
+        -1 => fail(format!("fork: {}", std::io::Error::last_os_error())),
+        0 => {
+            // SAFETY: plain system calls in the child.
+            unsafe {
+                libc::setsid();
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if null >= 0 {
+                    libc::dup2(null, 0);
+                    libc::dup2(null, 1);
+                    libc::dup2(null, 2);
+                }
+            }
+            let _ = std::env::set_current_dir("/");
+            Ok(())
+        }
+        _ => std::process::exit(0),
+    }
+}

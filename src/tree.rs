@@ -1,0 +1,761 @@
+//! The tree a mount shows: IMAGE_DIR mirrored, every qcow2 image a folder of
+//! views. This module knows nothing of FUSE; the adapter in `fuse.rs` turns
+//! requests into calls here, and tests drive it directly.
+//!
+//! Inode numbers: a node is named by what it shows (a source path, plus the
+//! identity of a snapshot for snapshot files). The first time a node is met
+//! it gets the next free number, and keeps it for the life of the mount;
+//! numbers are never reused, so a deleted and re-created snapshot gets a new
+//! one. Inode 1 is the root.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::image::{Image, OpenOptions, State, StateId, VmState, is_qcow2};
+use crate::names::snapshot_stems;
+use crate::report::{Info, open_error_text};
+use crate::snapshot::Snapshot;
+use crate::view::{ExtentKind, RawView, View};
+
+/// Inode number of the root folder.
+pub const ROOT_INO: u64 = 1;
+/// Bytes of a view scanned per step when seeking data or holes, bounding
+/// the memory an extent list takes.
+const SEEK_WINDOW: u64 = 1 << 30;
+
+/// What a snapshot is, independent of its position in the table: the same
+/// key after a reopen means the same snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SnapKey {
+    id: String,
+    date_sec: u32,
+    date_nsec: u32,
+    l1_table_offset: u64,
+}
+
+impl SnapKey {
+    fn of(s: &Snapshot) -> SnapKey {
+        SnapKey {
+            id: s.id.clone(),
+            date_sec: s.date_sec,
+            date_nsec: s.date_nsec,
+            l1_table_offset: s.l1_table_offset,
+        }
+    }
+}
+
+/// A node of the tree. Paths are relative to IMAGE_DIR.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Node {
+    /// A mirrored folder ("" is the root).
+    Dir(PathBuf),
+    /// A file that is not qcow2, shown as is.
+    Plain(PathBuf),
+    /// A qcow2 image, shown as a folder.
+    Image(PathBuf),
+    /// `info` (false) or `info.json` (true).
+    Info(PathBuf, bool),
+    /// `active.raw`.
+    Active(PathBuf),
+    /// `snapshots/`.
+    SnapDir(PathBuf),
+    /// `snapshots/<name>.raw`.
+    Snap(PathBuf, SnapKey),
+    /// `snapshots/<name>.vmstate`.
+    VmState(PathBuf, SnapKey),
+}
+
+/// File or folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A folder.
+    Dir,
+    /// A regular file.
+    File,
+}
+
+/// The attributes of a node.
+#[derive(Clone, Debug)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// File or folder.
+    pub kind: Kind,
+    /// Size in bytes.
+    pub size: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    /// Modification time.
+    pub mtime: SystemTime,
+    /// Permission bits (never a write bit).
+    pub perm: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
+/// What identifies a version of a source file: if any of it changes, the
+/// image is reopened and its caches dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+            ctime: m.ctime(),
+            ctime_nsec: m.ctime_nsec(),
+        }
+    }
+}
+
+/// One opening of an image, valid while its stamp is.
+struct ImageEntry {
+    stamp: Stamp,
+    meta: std::fs::Metadata,
+    image: std::result::Result<Arc<Image>, String>,
+    stems: Vec<String>,
+    info: OnceLock<(String, String)>,
+    states: Mutex<HashMap<StateId, Arc<State>>>,
+    blocks: Mutex<HashMap<StateId, u64>>,
+    logged: AtomicBool,
+}
+
+impl ImageEntry {
+    fn image(&self) -> Result<&Arc<Image>> {
+        self.image
+            .as_ref()
+            .map_err(|e| Error::corrupt("image", e.clone()))
+    }
+
+    fn snapshot_index(&self, key: &SnapKey) -> Result<usize> {
+        let img = self.image()?;
+        img.snapshots()
+            .iter()
+            .position(|s| SnapKey::of(s) == *key)
+            .ok_or_else(|| Error::SnapshotGone { id: key.id.clone() })
+    }
+
+    fn state(&self, which: StateId) -> Result<Arc<State>> {
+        if let Some(s) = self.states.lock().get(&which) {
+            return Ok(Arc::clone(s));
+        }
+        let s = Arc::new(self.image()?.state(which)?);
+        self.states.lock().insert(which, Arc::clone(&s));
+        Ok(s)
+    }
+
+    fn info(&self, path: &Path) -> &(String, String) {
+        self.info.get_or_init(|| match self.image().and_then(Info::gather) {
+            Ok(i) => (i.to_text(), format!("{:#}\n", i.to_json())),
+            Err(e) => {
+                let text = match &self.image {
+                    Err(open) => open_error_text(path, &Error::corrupt("open", open.clone())),
+                    Ok(_) => open_error_text(path, &e),
+                };
+                let json = serde_json::json!({"filename": path.display().to_string(), "error": e.to_string()});
+                (text, format!("{json:#}\n"))
+            }
+        })
+    }
+
+    /// Log a failure to serve this image, once.
+    fn log_once(&self, path: &Path, e: &Error) {
+        if !self.logged.swap(true, Ordering::Relaxed) {
+            log::warn!("{}: {e}", path.display());
+        }
+    }
+}
+
+/// How the tree is served.
+#[derive(Clone)]
+pub struct TreeOptions {
+    /// Cache budget in bytes.
+    pub cache_bytes: u64,
+    /// Follow backing files outside IMAGE_DIR.
+    pub allow_outside_backing: bool,
+}
+
+struct Handle {
+    node: Node,
+    view: Arc<dyn View>,
+    entry: Option<Arc<ImageEntry>>,
+}
+
+/// The tree over one IMAGE_DIR.
+pub struct Tree {
+    root: PathBuf,
+    opts: OpenOptions,
+    inodes: Mutex<(HashMap<Node, u64>, Vec<Node>)>,
+    images: Mutex<HashMap<PathBuf, Arc<ImageEntry>>>,
+    handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
+    next_fh: AtomicU64,
+}
+
+impl Tree {
+    /// A tree over `root` (which must be a folder).
+    pub fn new(root: &Path, t: &TreeOptions) -> Result<Tree> {
+        let root = std::fs::canonicalize(root).map_err(|e| Error::io("open IMAGE_DIR", root, e))?;
+        if !root.is_dir() {
+            return Err(Error::WrongKind {
+                expected: "directory",
+            });
+        }
+        let mut opts = OpenOptions::new(t.cache_bytes);
+        if !t.allow_outside_backing {
+            opts.backing_root = Some(root.clone());
+        }
+        let root_node = Node::Dir(PathBuf::new());
+        Ok(Tree {
+            root,
+            opts,
+            inodes: Mutex::new((
+                HashMap::from([(root_node.clone(), ROOT_INO)]),
+                vec![root_node],
+            )),
+            images: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        })
+    }
+
+    /// The folder the tree mirrors.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn ino(&self, node: Node) -> u64 {
+        let mut g = self.inodes.lock();
+        if let Some(&i) = g.0.get(&node) {
+            return i;
+        }
+        g.1.push(node.clone());
+        let i = g.1.len() as u64;
+        g.0.insert(node, i);
+        i
+    }
+
+    fn node(&self, ino: u64) -> Result<Node> {
+        let g = self.inodes.lock();
+        ino.checked_sub(1)
+            .and_then(|i| g.1.get(i as usize))
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                name: format!("inode {ino}"),
+            })
+    }
+
+    /// The source path of `rel`, refusing anything that resolves outside
+    /// IMAGE_DIR (symlinks included).
+    fn source(&self, rel: &Path) -> Result<(PathBuf, std::fs::Metadata)> {
+        let p = self.root.join(rel);
+        let real = std::fs::canonicalize(&p).map_err(|e| Error::io("resolve", &p, e))?;
+        if !real.starts_with(&self.root) {
+            return Err(Error::NotFound {
+                name: rel.display().to_string(),
+            });
+        }
+        let meta = std::fs::metadata(&real).map_err(|e| Error::io("stat", &real, e))?;
+        Ok((real, meta))
+    }
+
+    /// The current opening of the image at `rel`, reopened if it changed.
+    fn entry(&self, rel: &Path) -> Result<Arc<ImageEntry>> {
+        let (path, meta) = self.source(rel)?;
+        let stamp = Stamp::of(&meta);
+        if let Some(e) = self.images.lock().get(rel) {
+            if e.stamp == stamp {
+                return Ok(Arc::clone(e));
+            }
+        }
+        let image = Image::open(&path, &self.opts).map_err(|e| e.to_string());
+        let stems = image
+            .as_ref()
+            .map(|i| snapshot_stems(i.snapshots()))
+            .unwrap_or_default();
+        let entry = Arc::new(ImageEntry {
+            stamp,
+            meta,
+            image,
+            stems,
+            info: OnceLock::new(),
+            states: Mutex::new(HashMap::new()),
+            blocks: Mutex::new(HashMap::new()),
+            logged: AtomicBool::new(false),
+        });
+        if let Err(e) = &entry.image {
+            log::warn!("{}: {e}", path.display());
+        }
+        if let Some(old) = self
+            .images
+            .lock()
+            .insert(rel.to_path_buf(), Arc::clone(&entry))
+        {
+            if let Ok(img) = &old.image {
+                self.opts.caches.forget_image(img.id());
+            }
+        }
+        Ok(entry)
+    }
+
+    /// The children of a folder: (name, node).
+    fn children(&self, node: &Node) -> Result<Vec<(OsString, Node)>> {
+        match node {
+            Node::Dir(rel) => {
+                let (path, _) = self.source(rel)?;
+                let rd =
+                    std::fs::read_dir(&path).map_err(|e| Error::io("read folder", &path, e))?;
+                let mut out = Vec::new();
+                for de in rd.flatten() {
+                    let name = de.file_name();
+                    let child = rel.join(&name);
+                    // Entries that vanish, dangle or lead outside are not shown.
+                    let Ok((real, meta)) = self.source(&child) else {
+                        continue;
+                    };
+                    let n = if meta.is_dir() {
+                        Node::Dir(child)
+                    } else if meta.is_file() {
+                        if is_qcow2(&real) {
+                            Node::Image(child)
+                        } else {
+                            Node::Plain(child)
+                        }
+                    } else {
+                        continue;
+                    };
+                    out.push((name, n));
+                }
+                out.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok(out)
+            }
+            Node::Image(rel) => {
+                let e = self.entry(rel)?;
+                let mut out = vec![
+                    (OsString::from("info"), Node::Info(rel.clone(), false)),
+                    (OsString::from("info.json"), Node::Info(rel.clone(), true)),
+                ];
+                if e.image.is_ok() {
+                    out.push((OsString::from("active.raw"), Node::Active(rel.clone())));
+                    out.push((OsString::from("snapshots"), Node::SnapDir(rel.clone())));
+                }
+                Ok(out)
+            }
+            Node::SnapDir(rel) => {
+                let e = self.entry(rel)?;
+                let img = e.image()?;
+                let mut out = Vec::new();
+                for (s, stem) in img.snapshots().iter().zip(&e.stems) {
+                    let key = SnapKey::of(s);
+                    out.push((
+                        OsString::from(format!("{stem}.raw")),
+                        Node::Snap(rel.clone(), key.clone()),
+                    ));
+                    if s.vm_state_size > 0 {
+                        out.push((
+                            OsString::from(format!("{stem}.vmstate")),
+                            Node::VmState(rel.clone(), key),
+                        ));
+                    }
+                }
+                Ok(out)
+            }
+            _ => Err(Error::WrongKind {
+                expected: "directory",
+            }),
+        }
+    }
+
+    /// Look `name` up in folder `parent`.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        let p = self.node(parent)?;
+        let node = match &p {
+            // Mirrored folders: look at the one entry rather than listing.
+            Node::Dir(rel) => {
+                if name.as_encoded_bytes().contains(&b'/') || name == "." || name == ".." {
+                    return Err(Error::NotFound {
+                        name: name.to_string_lossy().into(),
+                    });
+                }
+                let child = rel.join(name);
+                let (real, meta) = self.source(&child)?;
+                if meta.is_dir() {
+                    Node::Dir(child)
+                } else if meta.is_file() {
+                    if is_qcow2(&real) {
+                        Node::Image(child)
+                    } else {
+                        Node::Plain(child)
+                    }
+                } else {
+                    return Err(Error::NotFound {
+                        name: name.to_string_lossy().into(),
+                    });
+                }
+            }
+            _ => self
+                .children(&p)?
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, n)| n)
+                .ok_or_else(|| Error::NotFound {
+                    name: name.to_string_lossy().into(),
+                })?,
+        };
+        let ino = self.ino(node.clone());
+        self.attr(ino, &node)
+    }
+
+    /// The attributes of inode `ino`.
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        let node = self.node(ino)?;
+        self.attr(ino, &node)
+    }
+
+    /// The entries of folder `ino`: (inode, kind, name), without . and ..
+    pub fn readdir(&self, ino: u64) -> Result<Vec<(u64, Kind, OsString)>> {
+        let node = self.node(ino)?;
+        Ok(self
+            .children(&node)?
+            .into_iter()
+            .map(|(name, n)| {
+                let kind = if is_dir(&n) { Kind::Dir } else { Kind::File };
+                (self.ino(n), kind, name)
+            })
+            .collect())
+    }
+
+    fn attr(&self, ino: u64, node: &Node) -> Result<Attr> {
+        let base =
+            |meta: &std::fs::Metadata, kind: Kind, size: u64, blocks: u64, mtime: SystemTime| {
+                let read = (meta.mode() & 0o444) as u16;
+                // Folders get x where they get r, so they can be entered.
+                let perm = if kind == Kind::Dir {
+                    read | (read >> 2)
+                } else {
+                    read
+                };
+                Attr {
+                    ino,
+                    kind,
+                    size,
+                    blocks,
+                    mtime,
+                    perm,
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                }
+            };
+        match node {
+            Node::Dir(rel) => {
+                let (_, m) = self.source(rel)?;
+                Ok(base(&m, Kind::Dir, 0, 0, mtime_of(&m)))
+            }
+            Node::Plain(rel) => {
+                let (_, m) = self.source(rel)?;
+                Ok(base(&m, Kind::File, m.len(), m.blocks(), mtime_of(&m)))
+            }
+            Node::Image(rel) | Node::SnapDir(rel) => {
+                let e = self.entry(rel)?;
+                Ok(base(&e.meta, Kind::Dir, 0, 0, mtime_of(&e.meta)))
+            }
+            Node::Info(rel, json) => {
+                let e = self.entry(rel)?;
+                let (t, j) = e.info(rel);
+                let len = if *json { j.len() } else { t.len() } as u64;
+                Ok(base(
+                    &e.meta,
+                    Kind::File,
+                    len,
+                    len.div_ceil(512),
+                    mtime_of(&e.meta),
+                ))
+            }
+            Node::Active(rel) => {
+                let e = self.entry(rel)?;
+                let s = e.state(StateId::Active)?;
+                let blocks = self.blocks(&e, StateId::Active, &*s);
+                Ok(base(
+                    &e.meta,
+                    Kind::File,
+                    s.size(),
+                    blocks,
+                    mtime_of(&e.meta),
+                ))
+            }
+            Node::Snap(rel, key) => {
+                let e = self.entry(rel)?;
+                let i = e.snapshot_index(key)?;
+                let s = e.state(StateId::Snapshot(i))?;
+                let blocks = self.blocks(&e, StateId::Snapshot(i), &*s);
+                Ok(base(
+                    &e.meta,
+                    Kind::File,
+                    s.size(),
+                    blocks,
+                    snapshot_time(key),
+                ))
+            }
+            Node::VmState(rel, key) => {
+                let e = self.entry(rel)?;
+                let i = e.snapshot_index(key)?;
+                let size = e.image()?.snapshots()[i].vm_state_size;
+                Ok(base(
+                    &e.meta,
+                    Kind::File,
+                    size,
+                    size.div_ceil(512),
+                    snapshot_time(key),
+                ))
+            }
+        }
+    }
+
+    /// 512-byte blocks holding data in a state, from its extent map.
+    fn blocks(&self, e: &ImageEntry, which: StateId, v: &dyn View) -> u64 {
+        if let Some(&b) = e.blocks.lock().get(&which) {
+            return b;
+        }
+        let mut data = 0u64;
+        let mut pos = 0;
+        while pos < v.size() {
+            match v.extents(pos, SEEK_WINDOW) {
+                Ok(ext) => {
+                    data += ext
+                        .iter()
+                        .filter(|x| x.kind == ExtentKind::Data)
+                        .map(|x| x.len)
+                        .sum::<u64>()
+                }
+                Err(_) => return v.size().div_ceil(512),
+            }
+            pos += SEEK_WINDOW;
+        }
+        let b = data.div_ceil(512);
+        e.blocks.lock().insert(which, b);
+        b
+    }
+
+    /// Resolve a file node into a view (and the image entry it reads from).
+    fn view(&self, node: &Node) -> Result<(Arc<dyn View>, Option<Arc<ImageEntry>>)> {
+        match node {
+            Node::Plain(rel) => {
+                let (real, _) = self.source(rel)?;
+                Ok((Arc::new(RawView::open(&real)?), None))
+            }
+            Node::Info(rel, json) => {
+                let e = self.entry(rel)?;
+                let (t, j) = e.info(rel);
+                let bytes = if *json { j.clone() } else { t.clone() }.into_bytes();
+                Ok((Arc::new(Bytes(bytes)), Some(e)))
+            }
+            Node::Active(rel) => {
+                let e = self.entry(rel)?;
+                Ok((e.state(StateId::Active)?, Some(e)))
+            }
+            Node::Snap(rel, key) => {
+                let e = self.entry(rel)?;
+                let i = e.snapshot_index(key)?;
+                Ok((e.state(StateId::Snapshot(i))?, Some(e)))
+            }
+            Node::VmState(rel, key) => {
+                let e = self.entry(rel)?;
+                let i = e.snapshot_index(key)?;
+                Ok((Arc::new(VmState::open(e.image()?, i)?), Some(e)))
+            }
+            _ => Err(Error::WrongKind { expected: "file" }),
+        }
+    }
+
+    /// Open file `ino`; returns the handle and whether the kernel may keep
+    /// cached pages (true for views that never change while they exist).
+    pub fn open(&self, ino: u64) -> Result<(u64, bool)> {
+        let node = self.node(ino)?;
+        let (view, entry) = self.view(&node)?;
+        let keep = matches!(node, Node::Snap(..) | Node::VmState(..));
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .insert(fh, Arc::new(Mutex::new(Handle { node, view, entry })));
+        Ok((fh, keep))
+    }
+
+    /// Forget an open handle.
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().remove(&fh);
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<Mutex<Handle>>> {
+        self.handles
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                name: format!("handle {fh}"),
+            })
+    }
+
+    /// The handle's view, re-resolved if its image changed since it was
+    /// opened. A snapshot deleted meanwhile is an error: its clusters may
+    /// have been reused.
+    fn current_view(&self, h: &Mutex<Handle>) -> Result<(Arc<dyn View>, Option<Arc<ImageEntry>>)> {
+        let mut g = h.lock();
+        if let (Some(e), Some(rel)) = (&g.entry, image_of(&g.node)) {
+            let now = self.entry(rel)?;
+            if !Arc::ptr_eq(e, &now) {
+                let (view, entry) = self.view(&g.node)?;
+                g.view = view;
+                g.entry = entry;
+            }
+        }
+        Ok((Arc::clone(&g.view), g.entry.clone()))
+    }
+
+    /// Read up to `size` bytes at `offset` from an open file.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let node = h.lock().node.clone();
+        let result = (|| {
+            let (view, entry) = self.current_view(&h)?;
+            let mut buf = vec![0u8; size as usize];
+            let n = view.read_at(&mut buf, offset)?;
+            buf.truncate(n);
+            // If the image changed while we read, the bytes may mix two
+            // versions: read again from the new one (or fail if the
+            // snapshot is gone).
+            if let (Some(e), Some(rel)) = (&entry, image_of(&node)) {
+                if !Arc::ptr_eq(e, &self.entry(rel)?) {
+                    let (view, _) = self.current_view(&h)?;
+                    let mut buf = vec![0u8; size as usize];
+                    let n = view.read_at(&mut buf, offset)?;
+                    buf.truncate(n);
+                    return Ok(buf);
+                }
+            }
+            Ok(buf)
+        })();
+        if let Err(e) = &result {
+            if let (Some(rel), Some(entry)) = (image_of(&node), h.lock().entry.clone()) {
+                entry.log_once(&self.root.join(rel), e);
+            } else {
+                log::warn!("{node:?}: {e}");
+            }
+        }
+        result
+    }
+
+    /// SEEK_DATA (`data`) or SEEK_HOLE from `offset`, per the extent map.
+    /// Zero extents count as holes. Returns None (ENXIO) past the end or
+    /// when no data follows.
+    pub fn seek(&self, fh: u64, offset: u64, data: bool) -> Result<Option<u64>> {
+        let h = self.handle(fh)?;
+        let (view, _) = self.current_view(&h)?;
+        let size = view.size();
+        let mut pos = offset;
+        while pos < size {
+            for e in view.extents(pos, SEEK_WINDOW)? {
+                let is_data = e.kind == ExtentKind::Data;
+                if is_data == data {
+                    return Ok(Some(e.start.max(offset)));
+                }
+            }
+            pos = pos.saturating_add(SEEK_WINDOW);
+        }
+        // Past the last extent: a hole at the end of the file, or no data.
+        Ok(if data || offset >= size {
+            None
+        } else {
+            Some(size)
+        })
+    }
+
+    /// Figures for statfs: (total 512-byte blocks of IMAGE_DIR's file system, files).
+    pub fn statfs(&self) -> (u64, u64) {
+        let c =
+            std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes()).unwrap_or_default();
+        // SAFETY: statvfs fills the struct we pass; the path is a valid C string.
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut s) } == 0 {
+            (
+                s.f_blocks * s.f_frsize / 512,
+                self.inodes.lock().1.len() as u64,
+            )
+        } else {
+            (0, 0)
+        }
+    }
+}
+
+fn image_of(node: &Node) -> Option<&Path> {
+    match node {
+        Node::Image(r)
+        | Node::Info(r, _)
+        | Node::Active(r)
+        | Node::SnapDir(r)
+        | Node::Snap(r, _)
+        | Node::VmState(r, _) => Some(r),
+        Node::Dir(_) | Node::Plain(_) => None,
+    }
+}
+
+fn is_dir(n: &Node) -> bool {
+    matches!(n, Node::Dir(_) | Node::Image(_) | Node::SnapDir(_))
+}
+
+fn mtime_of(m: &std::fs::Metadata) -> SystemTime {
+    m.modified().unwrap_or(UNIX_EPOCH)
+}
+
+fn snapshot_time(k: &SnapKey) -> SystemTime {
+    UNIX_EPOCH + Duration::new(u64::from(k.date_sec), k.date_nsec.min(999_999_999))
+}
+
+/// Generated bytes (the info reports) as a view.
+struct Bytes(Vec<u8>);
+
+impl View for Bytes {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let n = crate::view::clip(buf.len(), offset, self.size());
+        if n > 0 {
+            buf[..n].copy_from_slice(&self.0[offset as usize..offset as usize + n]);
+        }
+        Ok(n)
+    }
+
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<crate::view::Extent>> {
+        let mut out = Vec::new();
+        let end = offset.saturating_add(len).min(self.size());
+        crate::view::push_extent(
+            &mut out,
+            offset,
+            end.saturating_sub(offset),
+            ExtentKind::Data,
+        );
+        Ok(out)
+    }
+}

@@ -1,0 +1,420 @@
+//! End-to-end tests through a real FUSE mount.
+
+mod common;
+use common::*;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// A running `qcow2fs mount`, unmounted (by SIGTERM) when dropped.
+struct Mount {
+    child: Option<Child>,
+    mp: PathBuf,
+}
+
+fn is_mounted(mp: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = mp.to_str().unwrap();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(want))
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Mount {
+    fn new(dir: &Path, mp: &Path, extra: &[&str]) -> Mount {
+        std::fs::create_dir_all(mp).unwrap();
+        let mp = std::fs::canonicalize(mp).unwrap();
+        let child = Command::new(bin())
+            .arg("mount")
+            .args(extra)
+            .arg(dir)
+            .arg(&mp)
+            .spawn()
+            .unwrap();
+        wait_until("the mount", || is_mounted(&mp));
+        Mount {
+            child: Some(child),
+            mp,
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.mp.join(rel)
+    }
+
+    /// SIGTERM, and the exit status.
+    fn stop(&mut self) -> i32 {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        wait_until("the unmount", || !is_mounted(&self.mp));
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+    }
+}
+
+fn image_with_snapshots(dir: &Path, name: &str) -> PathBuf {
+    let img = at(dir, name);
+    create(&img, "16M", "");
+    qemu_io(
+        &img,
+        "qcow2",
+        &["write -P 0x11 0 1M", "write -c -P 0x12 8M 64k"],
+    );
+    snapshot(&img, "aaa");
+    qemu_io(&img, "qcow2", &["write -P 0x21 512k 1M", "write -z 8M 64k"]);
+    snapshot(&img, "bbb");
+    qemu_io(&img, "qcow2", &["write -P 0x31 4M 64k", "discard 0 64k"]);
+    img
+}
+
+#[test]
+fn tree_mirrors_the_folder_and_views_equal_qemu_img() {
+    let d = scratch();
+    let src = at(d.path(), "images");
+    std::fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    let img = image_with_snapshots(&src, "vm.qcow2");
+    std::fs::copy(&img, src.join("sub/deeper/copy.img")).unwrap();
+    std::fs::write(src.join("README.txt"), b"plain file\n").unwrap();
+    let m = Mount::new(&src, &at(d.path(), "mnt"), &[]);
+
+    assert_eq!(
+        std::fs::read(m.path("README.txt")).unwrap(),
+        b"plain file\n"
+    );
+    // A qcow2 file is known by its magic, not its name.
+    assert!(m.path("sub/deeper/copy.img").is_dir());
+    let mut names: Vec<String> = std::fs::read_dir(m.path("vm.qcow2"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["active.raw", "info", "info.json", "snapshots"]);
+    let mut snaps: Vec<String> = std::fs::read_dir(m.path("vm.qcow2/snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    snaps.sort();
+    assert_eq!(snaps, ["aaa.raw", "bbb.raw"]);
+
+    assert!(
+        std::fs::read(m.path("vm.qcow2/active.raw")).unwrap() == oracle_raw(d.path(), &img, None)
+    );
+    assert!(
+        std::fs::read(m.path("vm.qcow2/snapshots/aaa.raw")).unwrap()
+            == oracle_raw(d.path(), &img, Some("1"))
+    );
+    assert!(
+        std::fs::read(m.path("vm.qcow2/snapshots/bbb.raw")).unwrap()
+            == oracle_raw(d.path(), &img, Some("2"))
+    );
+    let (_, info, _) = qcow2fs(&["info", img.to_str().unwrap()]);
+    let shown = std::fs::read_to_string(m.path("vm.qcow2/info")).unwrap();
+    // Same report; only the image path differs in form.
+    assert_eq!(
+        shown.lines().skip(1).collect::<Vec<_>>(),
+        info.lines().skip(1).collect::<Vec<_>>()
+    );
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(m.path("vm.qcow2/info.json")).unwrap()).unwrap();
+    assert_eq!(j["verdict"], "clean");
+}
+
+#[test]
+fn files_behave_like_files() {
+    let d = scratch();
+    let src = at(d.path(), "images");
+    std::fs::create_dir_all(&src).unwrap();
+    let img = image_with_snapshots(&src, "vm.qcow2");
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(&img, Some(1234), Some(5678)).unwrap();
+    let m = Mount::new(&src, &at(d.path(), "mnt"), &[]);
+    let snap = m.path("vm.qcow2/snapshots/aaa.raw");
+    let meta = std::fs::metadata(&snap).unwrap();
+    let src_meta = std::fs::metadata(&img).unwrap();
+    assert_eq!(meta.len(), 16 << 20);
+    assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
+    assert_eq!(meta.mode() & 0o777, 0o440);
+    // Sparse: 1 MiB + one compressed cluster of data in a 16 MiB disk.
+    assert_eq!(meta.blocks() * 512, (1 << 20) + 65536);
+    let image = qcow2fs::Image::open(&img, &qcow2fs::OpenOptions::new(1 << 20)).unwrap();
+    assert_eq!(meta.mtime(), i64::from(image.snapshots()[0].date_sec));
+    let active = std::fs::metadata(m.path("vm.qcow2/active.raw")).unwrap();
+    assert_eq!(active.mtime(), src_meta.mtime());
+
+    // SEEK_DATA / SEEK_HOLE follow the extent map.
+    let f = std::fs::File::open(&snap).unwrap();
+    use std::os::fd::AsRawFd;
+    let seek = |off: i64, whence: i32| unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+    assert_eq!(seek(0, libc::SEEK_DATA), 0);
+    assert_eq!(seek(0, libc::SEEK_HOLE), 1 << 20);
+    assert_eq!(seek(1 << 20, libc::SEEK_DATA), 8 << 20);
+    assert_eq!(seek((8 << 20) + 65536, libc::SEEK_DATA), -1);
+    assert_eq!(seek((8 << 20) + 65536, libc::SEEK_HOLE), (8 << 20) + 65536);
+    // cp --sparse keeps the holes.
+    let copy = at(d.path(), "copy.raw");
+    run(
+        "cp",
+        &[
+            "--sparse=always",
+            snap.to_str().unwrap(),
+            copy.to_str().unwrap(),
+        ],
+    );
+    assert!(std::fs::metadata(&copy).unwrap().blocks() * 512 <= 2 << 20);
+
+    // Snapshot views stay in the page cache across opens.
+    std::fs::read(&snap).unwrap();
+    let out = run(
+        "fincore",
+        &[
+            "--bytes",
+            "--noheadings",
+            "--output",
+            "RES",
+            snap.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        out.trim(),
+        (16u64 << 20).to_string(),
+        "resident bytes after a read"
+    );
+
+    // Read-only: every change fails with EROFS.
+    let erofs =
+        |r: std::io::Result<()>| assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    erofs(std::fs::write(m.path("new"), b"x"));
+    erofs(std::fs::create_dir(m.path("dir")));
+    erofs(std::fs::remove_file(m.path("vm.qcow2/active.raw")));
+    erofs(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&snap)
+            .map(|_| ()),
+    );
+    erofs(std::fs::set_permissions(
+        &snap,
+        std::fs::Permissions::from_mode(0o777),
+    ));
+
+    // statfs answers.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    let c = std::ffi::CString::new(m.mp.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+    assert!(s.f_flag & libc::ST_RDONLY != 0);
+    assert!(s.f_blocks > 0);
+}
+
+#[test]
+fn snapshot_names_follow_the_rule() {
+    let d = scratch();
+    let src = at(d.path(), "images");
+    std::fs::create_dir_all(&src).unwrap();
+    let img = at(&src, "n.qcow2");
+    create(&img, "1M", "");
+    for name in ["dup", "dup", "active", "ok"] {
+        snapshot(&img, name);
+    }
+    let m = Mount::new(&src, &at(d.path(), "mnt"), &[]);
+    let mut snaps: Vec<String> = std::fs::read_dir(m.path("n.qcow2/snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    snaps.sort();
+    assert_eq!(
+        snaps,
+        ["active.id3.raw", "dup.id1.raw", "dup.id2.raw", "ok.raw"]
+    );
+}
+
+#[test]
+fn changes_to_the_source_show_and_deleted_snapshots_give_eio() {
+    let d = scratch();
+    let src = at(d.path(), "images");
+    std::fs::create_dir_all(&src).unwrap();
+    let img = image_with_snapshots(&src, "vm.qcow2");
+    let m = Mount::new(&src, &at(d.path(), "mnt"), &[]);
+    let f = std::fs::File::open(m.path("vm.qcow2/snapshots/aaa.raw")).unwrap();
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4096];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf.iter().all(|&b| b == 0x11));
+
+    // A new image and a new snapshot appear.
+    create(&at(&src, "new.qcow2"), "1M", "");
+    snapshot(&img, "ccc");
+    wait_until("the new snapshot", || {
+        m.path("vm.qcow2/snapshots/ccc.raw").exists()
+    });
+    wait_until("the new image", || m.path("new.qcow2/active.raw").exists());
+
+    // The deleted snapshot disappears; its open file reads EIO from now on,
+    // even after its clusters are reused by new writes.
+    qemu_img(&["snapshot", "-d", "aaa", img.to_str().unwrap()]);
+    qemu_io(&img, "qcow2", &["write -P 0x77 0 2M"]);
+    wait_until("the snapshot to go", || {
+        !m.path("vm.qcow2/snapshots/aaa.raw").exists()
+    });
+    let mut buf = vec![0u8; 4096];
+    let err = f.read_exact_at(&mut buf, 1 << 20).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    // The active view shows the new writes.
+    let active = std::fs::read(m.path("vm.qcow2/active.raw")).unwrap();
+    assert!(active[..2 << 20].iter().all(|&b| b == 0x77));
+}
+
+#[test]
+fn unreadable_images_show_only_info_and_others_are_served() {
+    let d = scratch();
+    let src = at(d.path(), "images");
+    std::fs::create_dir_all(&src).unwrap();
+    let good = image_with_snapshots(&src, "good.qcow2");
+    let bad = at(&src, "bad.qcow2");
+    std::fs::copy(&good, &bad).unwrap();
+    poke(&bad, 40, &(1u64 << 40).to_be_bytes());
+    // A backing file outside IMAGE_DIR is refused by default.
+    let outside = at(d.path(), "outside.raw");
+    std::fs::write(&outside, vec![0x5au8; 1 << 20]).unwrap();
+    let leak = at(&src, "leak.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        outside.to_str().unwrap(),
+        "-F",
+        "raw",
+        leak.to_str().unwrap(),
+    ]);
+
+    let m = Mount::new(&src, &at(d.path(), "mnt"), &[]);
+    let names: Vec<String> = std::fs::read_dir(m.path("bad.qcow2"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["info", "info.json"]);
+    let info = std::fs::read_to_string(m.path("bad.qcow2/info")).unwrap();
+    assert!(info.contains("L1 table"), "{info}");
+    assert!(std::fs::read(m.path("good.qcow2/snapshots/aaa.raw")).is_ok());
+    let err = std::fs::read(m.path("leak.qcow2/active.raw")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    drop(m);
+
+    let m = Mount::new(&src, &at(d.path(), "mnt2"), &["--allow-outside-backing"]);
+    let bytes = std::fs::read(m.path("leak.qcow2/active.raw")).unwrap();
+    assert!(bytes.iter().all(|&b| b == 0x5a));
+}
+
+#[test]
+fn allow_other_checks_permissions_of_the_source() {
+    let d = scratch();
+    let src = at(d.path(), "images");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let private = image_with_snapshots(&src, "private.qcow2");
+    let public = at(&src, "public.qcow2");
+    std::fs::copy(&private, &public).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let m = Mount::new(&src, &at(d.path(), "mnt"), &["-o", "allow_other"]);
+    let as_nobody = |path: &Path| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "cat",
+                path.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let denied = as_nobody(&m.path("private.qcow2/snapshots/aaa.raw"));
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("Permission denied"));
+    assert!(
+        !as_nobody(&m.path("private.qcow2/active.raw"))
+            .status
+            .success()
+    );
+    assert!(
+        as_nobody(&m.path("public.qcow2/snapshots/aaa.raw"))
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn the_command_daemonizes_stops_cleanly_and_refuses_bad_arguments() {
+    let d = scratch();
+    let src = at(d.path(), "images");
+    std::fs::create_dir_all(&src).unwrap();
+    image_with_snapshots(&src, "vm.qcow2");
+    let mp = at(d.path(), "mnt");
+    std::fs::create_dir_all(&mp).unwrap();
+
+    // --daemon returns once the mount is ready.
+    let (code, _, err) = qcow2fs(&[
+        "mount",
+        "--daemon",
+        src.to_str().unwrap(),
+        mp.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(mp.join("vm.qcow2/active.raw").exists());
+    // A busy mountpoint is refused with one line.
+    let (code, _, err) = qcow2fs(&["mount", src.to_str().unwrap(), mp.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("busy") && err.lines().count() == 1, "{err}");
+    run("umount", &[mp.to_str().unwrap()]);
+
+    let (code, _, err) = qcow2fs(&[
+        "mount",
+        at(d.path(), "nope").to_str().unwrap(),
+        mp.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("IMAGE_DIR") && err.lines().count() == 1,
+        "{err}"
+    );
+    let file = at(d.path(), "file");
+    std::fs::write(&file, b"").unwrap();
+    let (code, _, err) = qcow2fs(&["mount", src.to_str().unwrap(), file.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("not a folder") && err.lines().count() == 1,
+        "{err}"
+    );
+
+    // SIGINT and SIGTERM unmount and exit 0.
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let mut m = Mount::new(&src, &mp, &[]);
+        let mut child = m.child.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, sig) };
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+        assert!(!is_mounted(&m.mp));
+    }
+}
