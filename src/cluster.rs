@@ -132,13 +132,13 @@ pub fn decode_l2(
     }
     let raw = entry & L2E_OFFSET_MASK;
     let host = (raw != 0).then_some(HostOffset(raw));
-    if let Some(h) = host {
-        if !h.is_cluster_aligned(cluster_bits) {
-            return Err(Error::corrupt(
-                what(),
-                format!("cluster offset {h} is not cluster aligned"),
-            ));
-        }
+    if let Some(h) = host
+        && !h.is_cluster_aligned(cluster_bits)
+    {
+        return Err(Error::corrupt(
+            what(),
+            format!("cluster offset {h} is not cluster aligned"),
+        ));
     }
     if let Some(bitmap) = bitmap {
         let alloc = bitmap as u32;

@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn info(path: &PathBuf, output: Output, check_only: bool) -> ExitCode {
+fn info(path: &std::path::Path, output: Output, check_only: bool) -> ExitCode {
     let opts = OpenOptions::new(qcow2fs::cache::DEFAULT_CACHE_BYTES);
     let report = Image::open(path, &opts).and_then(|img| Info::gather(&img));
     let info = match report {

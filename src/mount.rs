@@ -74,7 +74,7 @@ fn mount_device(mp: &Path) -> Option<String> {
             let f: Vec<&str> = l.split(' ').collect();
             (f.get(4) == Some(&want)).then(|| f.get(2).map(|s| s.to_string()))?
         })
-        .last()
+        .next_back()
 }
 
 fn config(args: &MountArgs) -> Result<Config, MountError> {

@@ -25,11 +25,6 @@ impl GuestOffset {
     pub fn in_cluster(self, cluster_bits: u32) -> u64 {
         self.0 & ((1u64 << cluster_bits) - 1)
     }
-
-    /// This offset moved forward by `len` bytes, saturating at u64::MAX.
-    pub fn add(self, len: u64) -> GuestOffset {
-        GuestOffset(self.0.saturating_add(len))
-    }
 }
 
 impl HostOffset {

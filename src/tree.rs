@@ -197,6 +197,10 @@ pub struct TreeOptions {
     pub allow_outside_backing: bool,
 }
 
+/// A file node resolved to the view that serves it, and the opening of the
+/// image it reads from (None for plain files).
+type Resolved = (Arc<dyn View>, Option<Arc<ImageEntry>>);
+
 struct Handle {
     node: Node,
     view: Arc<dyn View>,
@@ -284,10 +288,10 @@ impl Tree {
     fn entry(&self, rel: &Path) -> Result<Arc<ImageEntry>> {
         let (path, meta) = self.source(rel)?;
         let stamp = Stamp::of(&meta);
-        if let Some(e) = self.images.lock().get(rel) {
-            if e.stamp == stamp {
-                return Ok(Arc::clone(e));
-            }
+        if let Some(e) = self.images.lock().get(rel)
+            && e.stamp == stamp
+        {
+            return Ok(Arc::clone(e));
         }
         let image = Image::open(&path, &self.opts).map_err(|e| e.to_string());
         let stems = image
@@ -307,14 +311,12 @@ impl Tree {
         if let Err(e) = &entry.image {
             log::warn!("{}: {e}", path.display());
         }
-        if let Some(old) = self
+        let old = self
             .images
             .lock()
-            .insert(rel.to_path_buf(), Arc::clone(&entry))
-        {
-            if let Ok(img) = &old.image {
-                self.opts.caches.forget_image(img.id());
-            }
+            .insert(rel.to_path_buf(), Arc::clone(&entry));
+        if let Some(Ok(img)) = old.as_ref().map(|o| &o.image) {
+            self.opts.caches.forget_image(img.id());
         }
         Ok(entry)
     }
@@ -558,7 +560,7 @@ impl Tree {
     }
 
     /// Resolve a file node into a view (and the image entry it reads from).
-    fn view(&self, node: &Node) -> Result<(Arc<dyn View>, Option<Arc<ImageEntry>>)> {
+    fn view(&self, node: &Node) -> Result<Resolved> {
         match node {
             Node::Plain(rel) => {
                 let (real, _) = self.source(rel)?;
@@ -619,7 +621,7 @@ impl Tree {
     /// The handle's view, re-resolved if its image changed since it was
     /// opened. A snapshot deleted meanwhile is an error: its clusters may
     /// have been reused.
-    fn current_view(&self, h: &Mutex<Handle>) -> Result<(Arc<dyn View>, Option<Arc<ImageEntry>>)> {
+    fn current_view(&self, h: &Mutex<Handle>) -> Result<Resolved> {
         let mut g = h.lock();
         if let (Some(e), Some(rel)) = (&g.entry, image_of(&g.node)) {
             let now = self.entry(rel)?;
@@ -644,14 +646,14 @@ impl Tree {
             // If the image changed while we read, the bytes may mix two
             // versions: read again from the new one (or fail if the
             // snapshot is gone).
-            if let (Some(e), Some(rel)) = (&entry, image_of(&node)) {
-                if !Arc::ptr_eq(e, &self.entry(rel)?) {
-                    let (view, _) = self.current_view(&h)?;
-                    let mut buf = vec![0u8; size as usize];
-                    let n = view.read_at(&mut buf, offset)?;
-                    buf.truncate(n);
-                    return Ok(buf);
-                }
+            if let (Some(e), Some(rel)) = (&entry, image_of(&node))
+                && !Arc::ptr_eq(e, &self.entry(rel)?)
+            {
+                let (view, _) = self.current_view(&h)?;
+                let mut buf = vec![0u8; size as usize];
+                let n = view.read_at(&mut buf, offset)?;
+                buf.truncate(n);
+                return Ok(buf);
             }
             Ok(buf)
         })();

@@ -57,11 +57,12 @@ pub fn push_extent(out: &mut Vec<Extent>, start: u64, len: u64, kind: ExtentKind
     if len == 0 {
         return;
     }
-    if let Some(last) = out.last_mut() {
-        if last.kind == kind && last.end() == start {
-            last.len += len;
-            return;
-        }
+    if let Some(last) = out.last_mut()
+        && last.kind == kind
+        && last.end() == start
+    {
+        last.len += len;
+        return;
     }
     out.push(Extent { start, len, kind });
 }

@@ -85,7 +85,7 @@ fn every_poke_gives_a_named_error() {
         ),
         (
             "l1-past-eof",
-            Box::new(move |p: &Path| poke(p, 40, &(len * 4 & !0xffff).to_be_bytes())),
+            Box::new(move |p: &Path| poke(p, 40, &((len * 4) & !0xffff).to_be_bytes())),
             "L1 table",
         ),
         (
@@ -105,7 +105,7 @@ fn every_poke_gives_a_named_error() {
         ),
         (
             "reftable-past-eof",
-            Box::new(move |p: &Path| poke(p, 48, &(len * 4 & !0xffff).to_be_bytes())),
+            Box::new(move |p: &Path| poke(p, 48, &((len * 4) & !0xffff).to_be_bytes())),
             "refcount table",
         ),
         (
@@ -120,7 +120,7 @@ fn every_poke_gives_a_named_error() {
         ),
         (
             "snapshots-past-eof",
-            Box::new(move |p: &Path| poke(p, 64, &(len * 4 & !0xffff).to_be_bytes())),
+            Box::new(move |p: &Path| poke(p, 64, &((len * 4) & !0xffff).to_be_bytes())),
             "snapshot table",
         ),
         (
