@@ -197,3 +197,28 @@ fn check_of_an_unreadable_image_exits_1() {
     assert_eq!(code, 1);
     assert!(err.contains("encryption"), "{err}");
 }
+
+#[test]
+fn an_image_open_for_writing_is_reported_in_use() {
+    let d = scratch();
+    let img = at(d.path(), "busy.qcow2");
+    create(&img, "1M", "");
+    assert!(!qcow2fs::lock::in_use(&img));
+    // qemu-io keeps the image open (and locked) while it waits for commands.
+    let mut child = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", img.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !qcow2fs::lock::in_use(&img) {
+        assert!(t.elapsed().as_secs() < 10, "lock never seen");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (_, text, _) = qcow2fs(&["info", img.to_str().unwrap()]);
+    assert!(text.contains("in use: yes"), "{text}");
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    assert!(!qcow2fs::lock::in_use(&img));
+}
