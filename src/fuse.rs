@@ -111,6 +111,7 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        log::debug!("read fh {} offset {offset} size {size}", fh.0);
         match self.tree.read(fh.0, offset, size) {
             Ok(b) => reply.data(&b),
             Err(e) => reply.error(errno(&e)),

@@ -418,3 +418,62 @@ fn the_command_daemonizes_stops_cleanly_and_refuses_bad_arguments() {
         assert!(!is_mounted(&m.mp));
     }
 }
+
+#[test]
+fn large_reads_arrive_as_large_requests_and_failures_are_logged_once() {
+    let d = scratch();
+    let src = at(d.path(), "images");
+    std::fs::create_dir_all(&src).unwrap();
+    image_with_snapshots(&src, "vm.qcow2");
+    let orphan = at(&src, "orphan.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "missing.raw",
+        "-F",
+        "raw",
+        "-u",
+        orphan.to_str().unwrap(),
+        "4M",
+    ]);
+    let mp = at(d.path(), "mnt");
+    std::fs::create_dir_all(&mp).unwrap();
+    let mp = std::fs::canonicalize(&mp).unwrap();
+    let log = at(d.path(), "log");
+    let child = Command::new(bin())
+        .env("RUST_LOG", "qcow2fs=debug")
+        .args(["mount", src.to_str().unwrap(), mp.to_str().unwrap()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_until("the mount", || is_mounted(&mp));
+    let mut m = Mount {
+        child: Some(child),
+        mp,
+    };
+    let f = m.path("vm.qcow2/active.raw");
+    run(
+        "dd",
+        &[
+            &format!("if={}", f.display()),
+            "of=/dev/null",
+            "bs=1M",
+            "count=4",
+            "iflag=direct",
+        ],
+    );
+    for _ in 0..3 {
+        assert!(std::fs::read(m.path("orphan.qcow2/active.raw")).is_err());
+    }
+    assert_eq!(m.stop(), 0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("size 1048576"), "no 1 MiB request:\n{text}");
+    let failures = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("missing.raw"))
+        .count();
+    assert_eq!(failures, 1, "{text}");
+}
