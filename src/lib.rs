@@ -3,6 +3,7 @@
 
 pub mod be;
 pub mod cache;
+pub mod chain;
 pub mod check;
 pub mod cluster;
 pub mod compress;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod fuse;
 pub mod header;
 pub mod image;
+pub mod layer;
 pub mod lock;
 pub mod mount;
 pub mod names;

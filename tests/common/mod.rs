@@ -196,3 +196,50 @@ pub fn qcow2fs(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// An image over a qcow2 base over a raw base, with 4 snapshots, writes,
+/// zero writes, discards, compressed clusters, and a snapshot taken before
+/// a resize.
+pub fn build_chain_image(dir: &Path, name: &str, opts: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("base.raw"), vec![0x99u8; 3 << 20]).unwrap();
+    let mid = dir.join("mid.qcow2");
+    if !mid.exists() {
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            mid.to_str().unwrap(),
+            "6M",
+        ]);
+        qemu_io(&mid, "qcow2", &["write -P 0xa1 1M 512k", "write -z 0 64k"]);
+    }
+    let img = dir.join(name);
+    let mut o = String::from(opts);
+    if !o.is_empty() {
+        o.push(',');
+    }
+    o.push_str("backing_file=mid.qcow2,backing_fmt=qcow2");
+    create(&img, "6M", &o);
+    let io = |c: &[&str]| qemu_io(&img, "qcow2", c);
+    io(&["write -P 0x11 0 256k", "write -c -P 0x12 4M 128k"]);
+    snapshot(&img, "one");
+    qemu_img(&["resize", "-q", img.to_str().unwrap(), "10M"]);
+    io(&[
+        "write -P 0x21 64k 64k",
+        "write -z 1M 128k",
+        "discard 4M 64k",
+        "write -P 0x22 8M 64k",
+    ]);
+    snapshot(&img, "two");
+    io(&["write -P 0x31 2M 64k", "write -P 0x32 12k 4k"]);
+    snapshot(&img, "three");
+    io(&["write -z 0 64k", "write -c -P 0x33 9M 64k"]);
+    snapshot(&img, "four");
+    io(&["write -P 0x41 5M 64k", "discard 8M 64k"]);
+    img
+}

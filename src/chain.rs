@@ -1,0 +1,311 @@
+//! The chains of layers: which layer stands for which state over which
+//! backing, how the files are named, the manifest, and export without a
+//! mount.
+//!
+//! Reverse chain (`chain/`), as `qcow2-snapshot -c -m reverse` names it:
+//! `<stem>_active.qcow2` is complete over the image's own backing file;
+//! `<stem>_snapshot[n-1].qcow2` is backed by the active layer and
+//! `<stem>_snapshot[i].qcow2` by `<stem>_snapshot[i+1].qcow2`.
+//!
+//! Forward chain (`forward/`): the oldest snapshot is complete over the
+//! image's own backing file, each later snapshot is backed by the one before,
+//! and `active.qcow2` by the newest snapshot. Older layers never change when
+//! snapshots are added.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::header::Header;
+use crate::image::{Image, StateId, is_qcow2};
+use crate::layer::{BackingRef, Layer};
+use crate::names::snapshot_stems;
+use crate::source::SourceFile;
+use crate::view::View;
+
+/// Which chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// `chain/`: newest complete, older layers hold differences.
+    Reverse,
+    /// `forward/`: oldest complete, newer layers hold differences.
+    Forward,
+}
+
+/// One layer of a chain.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LayerSpec {
+    /// File name inside the chain's folder.
+    pub file_name: String,
+    /// The state the layer stands for.
+    pub x: StateId,
+    /// The state its backing file reads as (None: the image's own backing).
+    pub y: Option<StateId>,
+    /// The backing file written into the layer.
+    pub backing: Option<BackingRef>,
+}
+
+/// A file of the image's own backing chain, passed through under `file_name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Passthrough {
+    /// Name inside the chain's folder.
+    pub file_name: String,
+    /// The source file.
+    pub path: PathBuf,
+}
+
+fn base_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The image's own backing chain, top first, as files to pass through.
+pub fn passthrough(image: &Image) -> Vec<Passthrough> {
+    let mut out = Vec::new();
+    let mut next = image.backing().and_then(|b| b.path.clone());
+    while let Some(p) = next.take() {
+        if out.len() >= crate::image::MAX_BACKING_CHAIN
+            || out.iter().any(|x: &Passthrough| x.path == p)
+        {
+            break;
+        }
+        if is_qcow2(&p)
+            && let Ok(f) = SourceFile::open(&p)
+            && let Ok(h) = Header::read(&f)
+            && let Some(name) = h.backing_file
+        {
+            let dir = p.parent().unwrap_or(Path::new("."));
+            let q = Path::new(&name);
+            next = Some(if q.is_absolute() {
+                q.to_path_buf()
+            } else {
+                dir.join(q)
+            });
+        }
+        out.push(Passthrough {
+            file_name: base_name(&p),
+            path: p,
+        });
+    }
+    out
+}
+
+/// The backing reference of a chain's bottom layer: the image's own backing
+/// file, by its base name, with its format.
+fn bottom_backing(image: &Image) -> Option<BackingRef> {
+    let b = image.backing()?;
+    let path = b.path.as_ref()?;
+    let format = match &b.format {
+        Some(f) => f.clone(),
+        None if is_qcow2(path) => "qcow2".into(),
+        None => "raw".into(),
+    };
+    Some(BackingRef {
+        name: base_name(path),
+        format,
+    })
+}
+
+/// The stem of layer names: the image's file name without its extension.
+pub fn stem(image: &Image) -> String {
+    let p = image.path();
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into())
+}
+
+/// The layers of a chain, bottom (complete) layer first.
+pub fn layers(image: &Image, dir: Direction) -> Vec<LayerSpec> {
+    let n = image.snapshots().len();
+    let bottom = bottom_backing(image);
+    let q = |name: String| {
+        Some(BackingRef {
+            name,
+            format: "qcow2".into(),
+        })
+    };
+    match dir {
+        Direction::Reverse => {
+            let stem = stem(image);
+            let name = |i: usize| format!("{stem}_snapshot[{i}].qcow2");
+            let active = format!("{stem}_active.qcow2");
+            let mut out = vec![LayerSpec {
+                file_name: active.clone(),
+                x: StateId::Active,
+                y: None,
+                backing: bottom,
+            }];
+            for i in (0..n).rev() {
+                let (y, b) = if i + 1 == n {
+                    (StateId::Active, active.clone())
+                } else {
+                    (StateId::Snapshot(i + 1), name(i + 1))
+                };
+                out.push(LayerSpec {
+                    file_name: name(i),
+                    x: StateId::Snapshot(i),
+                    y: Some(y),
+                    backing: q(b),
+                });
+            }
+            out
+        }
+        Direction::Forward => {
+            let stems = snapshot_stems(image.snapshots());
+            let mut out = Vec::new();
+            for i in 0..n {
+                let file_name = format!("{}.qcow2", stems[i]);
+                let (y, backing) = if i == 0 {
+                    (None, bottom.clone())
+                } else {
+                    (
+                        Some(StateId::Snapshot(i - 1)),
+                        q(format!("{}.qcow2", stems[i - 1])),
+                    )
+                };
+                out.push(LayerSpec {
+                    file_name,
+                    x: StateId::Snapshot(i),
+                    y,
+                    backing,
+                });
+            }
+            let (y, backing) = match n {
+                0 => (None, bottom),
+                _ => (
+                    Some(StateId::Snapshot(n - 1)),
+                    q(format!("{}.qcow2", stems[n - 1])),
+                ),
+            };
+            out.push(LayerSpec {
+                file_name: "active.qcow2".into(),
+                x: StateId::Active,
+                y,
+                backing,
+            });
+            out
+        }
+    }
+}
+
+/// Plan one layer (metadata only).
+pub fn build(image: &Arc<Image>, spec: &LayerSpec) -> Result<Layer> {
+    let x = Arc::new(image.state(spec.x)?);
+    let y = match spec.y {
+        Some(y) => Some(image.state(y)?),
+        None => None,
+    };
+    Layer::plan(x, y.as_ref(), spec.backing.clone())
+}
+
+/// The date of a state, as (seconds, nanoseconds): a snapshot's own date;
+/// the active state's is the image file's mtime.
+pub fn state_time(image: &Image, which: StateId) -> (i64, u32) {
+    match which {
+        StateId::Snapshot(i) => {
+            let s = &image.snapshots()[i];
+            (i64::from(s.date_sec), s.date_nsec.min(999_999_999))
+        }
+        StateId::Active => {
+            use std::os::unix::fs::MetadataExt;
+            match image.file().file().metadata() {
+                Ok(m) => (m.mtime(), m.mtime_nsec() as u32),
+                Err(_) => (0, 0),
+            }
+        }
+    }
+}
+
+/// The manifest of a chain (`chain.json`).
+pub fn manifest(image: &Image, specs: &[LayerSpec], sizes: &[u64]) -> serde_json::Value {
+    let state = |w: StateId| match w {
+        StateId::Active => json!({"state": "active", "guest-size": image.header().size}),
+        StateId::Snapshot(i) => {
+            let s = &image.snapshots()[i];
+            json!({"state": "snapshot", "id": s.id, "name": s.name, "date-sec": s.date_sec,
+                   "date-nsec": s.date_nsec, "guest-size": s.disk_size})
+        }
+    };
+    let layers: Vec<_> = specs
+        .iter()
+        .zip(sizes)
+        .map(|(s, size)| {
+            json!({"file": s.file_name, "backing": s.backing.as_ref().map(|b| &b.name),
+                   "backing-format": s.backing.as_ref().map(|b| &b.format),
+                   "stands-for": state(s.x), "size": size})
+        })
+        .collect();
+    let pass: Vec<_> = passthrough(image)
+        .into_iter()
+        .map(|p| p.file_name)
+        .collect();
+    json!({"image": base_name(image.path()), "layers": layers, "backing-files": pass})
+}
+
+/// Write a chain's files (layers, passed-through backing files and
+/// `chain.json`) into `out`. Existing files are refused unless `force`.
+/// `progress` is told (bytes done, bytes in all).
+pub fn export(
+    image: &Arc<Image>,
+    dir: Direction,
+    out: &Path,
+    force: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    use std::io::Write;
+    let specs = layers(image, dir);
+    let built: Vec<Layer> = specs
+        .iter()
+        .map(|s| build(image, s))
+        .collect::<Result<_>>()?;
+    let sizes: Vec<u64> = built.iter().map(|l| l.size()).collect();
+    let pass = passthrough(image);
+    let mut names: Vec<String> = specs.iter().map(|s| s.file_name.clone()).collect();
+    names.extend(pass.iter().map(|p| p.file_name.clone()));
+    names.push("chain.json".into());
+    std::fs::create_dir_all(out).map_err(|e| Error::io("create folder", out, e))?;
+    if !force {
+        for n in &names {
+            if out.join(n).exists() {
+                return Err(Error::io(
+                    "refusing to overwrite (use --force)",
+                    out.join(n),
+                    std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+                ));
+            }
+        }
+    }
+    let mut views: Vec<(String, Box<dyn View>)> = Vec::new();
+    for (s, l) in specs.iter().zip(built) {
+        views.push((s.file_name.clone(), Box::new(l)));
+    }
+    for p in &pass {
+        views.push((
+            p.file_name.clone(),
+            Box::new(crate::view::RawView::open(&p.path)?),
+        ));
+    }
+    let total: u64 = views.iter().map(|v| v.1.size()).sum();
+    let mut done = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for (name, v) in &views {
+        let path = out.join(name);
+        let mut f = std::fs::File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+        let mut pos = 0;
+        while pos < v.size() {
+            let n = v.read_at(&mut buf, pos)?;
+            f.write_all(&buf[..n])
+                .map_err(|e| Error::io("write", &path, e))?;
+            pos += n as u64;
+            done += n as u64;
+            progress(done, total);
+        }
+    }
+    let m = manifest(image, &specs, &sizes);
+    let path = out.join("chain.json");
+    std::fs::write(&path, format!("{m:#}\n")).map_err(|e| Error::io("write", &path, e))?;
+    Ok(())
+}
