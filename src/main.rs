@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use qcow2fs::chain::{self, Direction};
 use qcow2fs::mount::{MountArgs, mount};
 use qcow2fs::report::{Info, check_text};
 use qcow2fs::{Image, OpenOptions};
@@ -46,6 +47,23 @@ enum Command {
     },
     /// Mount IMAGE_DIR read-only at MOUNTPOINT, every qcow2 image a folder.
     Mount(MountArgs),
+    /// Write an image's chain of qcow2 layers (the files of chain/ or
+    /// forward/, and chain.json) into OUTDIR, without a mount.
+    Export {
+        /// Reverse chain, as in chain/ (the default).
+        #[arg(long, conflicts_with = "forward")]
+        reverse: bool,
+        /// Forward chain, as in forward/.
+        #[arg(long)]
+        forward: bool,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+        /// The qcow2 image.
+        image: PathBuf,
+        /// Folder to write into (created if missing).
+        outdir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +72,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Info { image, output } => info(&image, output, false),
         Command::Check { image, output } => info(&image, output, true),
+        Command::Export {
+            forward,
+            force,
+            image,
+            outdir,
+            ..
+        } => export(&image, &outdir, forward, force),
         Command::Mount(args) => match mount(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -87,5 +112,41 @@ fn info(path: &std::path::Path, output: Output, check_only: bool) -> ExitCode {
         ExitCode::from(info.check().exit_code() as u8)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+fn export(path: &std::path::Path, out: &std::path::Path, forward: bool, force: bool) -> ExitCode {
+    use std::io::{IsTerminal, Write};
+    let dir = if forward {
+        Direction::Forward
+    } else {
+        Direction::Reverse
+    };
+    let opts = OpenOptions::new(qcow2fs::cache::DEFAULT_CACHE_BYTES);
+    let tty = std::io::stderr().is_terminal();
+    let mut last = 0u64;
+    let mut progress = |done: u64, total: u64| {
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
+        if tty && (pct != last || done == total) {
+            last = pct;
+            let _ = write!(
+                std::io::stderr(),
+                "\rexporting: {pct:3}% ({} of {} MiB)",
+                done >> 20,
+                total >> 20
+            );
+        }
+    };
+    let r = Image::open(path, &opts)
+        .and_then(|img| chain::export(&img, dir, out, force, &mut progress));
+    if tty {
+        eprintln!();
+    }
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qcow2fs: {e}");
+            ExitCode::from(1)
+        }
     }
 }

@@ -18,8 +18,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
+use crate::chain::{self, Direction, LayerSpec};
 use crate::error::{Error, Result};
 use crate::image::{Image, OpenOptions, State, StateId, VmState, is_qcow2};
+use crate::layer::Layer;
 use crate::names::snapshot_stems;
 use crate::report::{Info, open_error_text};
 use crate::snapshot::Snapshot;
@@ -71,6 +73,31 @@ enum Node {
     Snap(PathBuf, SnapKey),
     /// `snapshots/<name>.vmstate`.
     VmState(PathBuf, SnapKey),
+    /// `chain/` or `forward/`.
+    ChainDir(PathBuf, Direction),
+    /// A synthesized layer, named by the states it is built from.
+    Layer(PathBuf, Direction, LayerKey),
+    /// A file of the image's backing chain, passed through into a chain folder.
+    Pass(PathBuf, Direction, String, PathBuf),
+    /// `chain.json`.
+    Manifest(PathBuf, Direction),
+}
+
+/// A state, independent of table positions.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum StateKey {
+    Active,
+    Snap(SnapKey),
+}
+
+/// What a layer is built from: its state, its backing state and the backing
+/// reference written into it. A layer whose inputs change is a new node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct LayerKey {
+    file_name: String,
+    x: StateKey,
+    y: Option<StateKey>,
+    backing: Option<crate::layer::BackingRef>,
 }
 
 /// File or folder.
@@ -139,6 +166,8 @@ struct ImageEntry {
     info: OnceLock<(String, String)>,
     states: Mutex<HashMap<StateId, Arc<State>>>,
     blocks: Mutex<HashMap<StateId, u64>>,
+    layers: Mutex<HashMap<LayerSpec, Arc<Layer>>>,
+    manifests: Mutex<HashMap<Direction, Arc<Vec<u8>>>>,
     logged: AtomicBool,
 }
 
@@ -178,6 +207,77 @@ impl ImageEntry {
                 (text, format!("{json:#}\n"))
             }
         })
+    }
+
+    fn state_key(&self, w: StateId) -> Result<StateKey> {
+        Ok(match w {
+            StateId::Active => StateKey::Active,
+            StateId::Snapshot(i) => StateKey::Snap(SnapKey::of(&self.image()?.snapshots()[i])),
+        })
+    }
+
+    fn layer_key(&self, s: &LayerSpec) -> Result<LayerKey> {
+        Ok(LayerKey {
+            file_name: s.file_name.clone(),
+            x: self.state_key(s.x)?,
+            y: s.y.map(|y| self.state_key(y)).transpose()?,
+            backing: s.backing.clone(),
+        })
+    }
+
+    /// The current spec of the layer `key` names, if it still exists.
+    fn spec(&self, dir: Direction, key: &LayerKey) -> Result<LayerSpec> {
+        let img = self.image()?;
+        for s in chain::layers(img, dir) {
+            if self.layer_key(&s)? == *key {
+                return Ok(s);
+            }
+        }
+        Err(Error::NotFound {
+            name: key.file_name.clone(),
+        })
+    }
+
+    fn layer(&self, spec: &LayerSpec) -> Result<Arc<Layer>> {
+        if let Some(l) = self.layers.lock().get(spec) {
+            return Ok(Arc::clone(l));
+        }
+        let l = Arc::new(chain::build(self.image()?, spec)?);
+        self.layers.lock().insert(spec.clone(), Arc::clone(&l));
+        Ok(l)
+    }
+
+    fn manifest(&self, dir: Direction) -> Result<Arc<Vec<u8>>> {
+        if let Some(m) = self.manifests.lock().get(&dir) {
+            return Ok(Arc::clone(m));
+        }
+        let img = self.image()?;
+        let specs = chain::layers(img, dir);
+        let sizes = specs
+            .iter()
+            .map(|s| self.layer(s).map(|l| l.size()))
+            .collect::<Result<Vec<_>>>()?;
+        let m = Arc::new(format!("{:#}\n", chain::manifest(img, &specs, &sizes)).into_bytes());
+        self.manifests.lock().insert(dir, Arc::clone(&m));
+        Ok(m)
+    }
+
+    /// A layer's mtime: the later of the dates of the states it is built
+    /// from (the image file's mtime stands for the active state, the backing
+    /// file's for the image's own backing).
+    fn layer_time(&self, spec: &LayerSpec) -> Result<SystemTime> {
+        let img = self.image()?;
+        let t = |(s, ns): (i64, u32)| UNIX_EPOCH + Duration::new(s.max(0) as u64, ns);
+        let x = t(chain::state_time(img, spec.x));
+        let y = match spec.y {
+            Some(y) => t(chain::state_time(img, y)),
+            None => img
+                .backing()
+                .and_then(|b| b.path.as_ref())
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map_or(UNIX_EPOCH, |m| mtime_of(&m)),
+        };
+        Ok(x.max(y))
     }
 
     /// Log a failure to serve this image, once.
@@ -306,6 +406,8 @@ impl Tree {
             info: OnceLock::new(),
             states: Mutex::new(HashMap::new()),
             blocks: Mutex::new(HashMap::new()),
+            layers: Mutex::new(HashMap::new()),
+            manifests: Mutex::new(HashMap::new()),
             logged: AtomicBool::new(false),
         });
         if let Err(e) = &entry.image {
@@ -361,7 +463,47 @@ impl Tree {
                 if e.image.is_ok() {
                     out.push((OsString::from("active.raw"), Node::Active(rel.clone())));
                     out.push((OsString::from("snapshots"), Node::SnapDir(rel.clone())));
+                    out.push((
+                        OsString::from("chain"),
+                        Node::ChainDir(rel.clone(), Direction::Reverse),
+                    ));
+                    out.push((
+                        OsString::from("forward"),
+                        Node::ChainDir(rel.clone(), Direction::Forward),
+                    ));
                 }
+                Ok(out)
+            }
+            Node::ChainDir(rel, dir) => {
+                let e = self.entry(rel)?;
+                let img = e.image()?;
+                let mut out = Vec::new();
+                for s in chain::layers(img, *dir) {
+                    let key = e.layer_key(&s)?;
+                    out.push((
+                        OsString::from(&s.file_name),
+                        Node::Layer(rel.clone(), *dir, key),
+                    ));
+                }
+                for p in chain::passthrough(img) {
+                    // Only files inside IMAGE_DIR, unless the user allowed more.
+                    if self.opts.backing_root.is_some()
+                        && !p
+                            .path
+                            .canonicalize()
+                            .is_ok_and(|c| c.starts_with(&self.root))
+                    {
+                        continue;
+                    }
+                    out.push((
+                        OsString::from(&p.file_name),
+                        Node::Pass(rel.clone(), *dir, p.file_name.clone(), p.path),
+                    ));
+                }
+                out.push((
+                    OsString::from("chain.json"),
+                    Node::Manifest(rel.clone(), *dir),
+                ));
                 Ok(out)
             }
             Node::SnapDir(rel) => {
@@ -531,6 +673,38 @@ impl Tree {
                     snapshot_time(key),
                 ))
             }
+            Node::ChainDir(rel, _) => {
+                let e = self.entry(rel)?;
+                Ok(base(&e.meta, Kind::Dir, 0, 0, mtime_of(&e.meta)))
+            }
+            Node::Layer(rel, dir, key) => {
+                let e = self.entry(rel)?;
+                let spec = e.spec(*dir, key)?;
+                let size = e.layer(&spec)?.size();
+                Ok(base(
+                    &e.meta,
+                    Kind::File,
+                    size,
+                    size.div_ceil(512),
+                    e.layer_time(&spec)?,
+                ))
+            }
+            Node::Pass(rel, _, _, path) => {
+                let e = self.entry(rel)?;
+                let m = std::fs::metadata(path).map_err(|err| Error::io("stat", path, err))?;
+                Ok(base(&e.meta, Kind::File, m.len(), m.blocks(), mtime_of(&m)))
+            }
+            Node::Manifest(rel, dir) => {
+                let e = self.entry(rel)?;
+                let len = e.manifest(*dir)?.len() as u64;
+                Ok(base(
+                    &e.meta,
+                    Kind::File,
+                    len,
+                    len.div_ceil(512),
+                    mtime_of(&e.meta),
+                ))
+            }
         }
     }
 
@@ -586,7 +760,23 @@ impl Tree {
                 let i = e.snapshot_index(key)?;
                 Ok((Arc::new(VmState::open(e.image()?, i)?), Some(e)))
             }
-            _ => Err(Error::WrongKind { expected: "file" }),
+            Node::Layer(rel, dir, key) => {
+                let e = self.entry(rel)?;
+                let spec = e.spec(*dir, key)?;
+                Ok((e.layer(&spec)?, Some(e)))
+            }
+            Node::Pass(rel, _, _, path) => {
+                let e = self.entry(rel)?;
+                Ok((Arc::new(RawView::open(path)?), Some(e)))
+            }
+            Node::Manifest(rel, dir) => {
+                let e = self.entry(rel)?;
+                let m = e.manifest(*dir)?;
+                Ok((Arc::new(Bytes(m.as_ref().clone())), Some(e)))
+            }
+            Node::Dir(_) | Node::Image(_) | Node::SnapDir(_) | Node::ChainDir(..) => {
+                Err(Error::WrongKind { expected: "file" })
+            }
         }
     }
 
@@ -595,7 +785,13 @@ impl Tree {
     pub fn open(&self, ino: u64) -> Result<(u64, bool)> {
         let node = self.node(ino)?;
         let (view, entry) = self.view(&node)?;
-        let keep = matches!(node, Node::Snap(..) | Node::VmState(..));
+        // Snapshot views and layers built only from snapshots never change
+        // while they exist.
+        let keep = match &node {
+            Node::Snap(..) | Node::VmState(..) => true,
+            Node::Layer(_, _, k) => k.x != StateKey::Active && k.y != Some(StateKey::Active),
+            _ => false,
+        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
@@ -716,13 +912,20 @@ fn image_of(node: &Node) -> Option<&Path> {
         | Node::Active(r)
         | Node::SnapDir(r)
         | Node::Snap(r, _)
-        | Node::VmState(r, _) => Some(r),
+        | Node::VmState(r, _)
+        | Node::ChainDir(r, _)
+        | Node::Layer(r, _, _)
+        | Node::Pass(r, _, _, _)
+        | Node::Manifest(r, _) => Some(r),
         Node::Dir(_) | Node::Plain(_) => None,
     }
 }
 
 fn is_dir(n: &Node) -> bool {
-    matches!(n, Node::Dir(_) | Node::Image(_) | Node::SnapDir(_))
+    matches!(
+        n,
+        Node::Dir(_) | Node::Image(_) | Node::SnapDir(_) | Node::ChainDir(..)
+    )
 }
 
 fn mtime_of(m: &std::fs::Metadata) -> SystemTime {

@@ -5,71 +5,7 @@ use common::*;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
-
-/// A running `qcow2fs mount`, unmounted (by SIGTERM) when dropped.
-struct Mount {
-    child: Option<Child>,
-    mp: PathBuf,
-}
-
-fn is_mounted(mp: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = mp.to_str().unwrap();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(want))
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-impl Mount {
-    fn new(dir: &Path, mp: &Path, extra: &[&str]) -> Mount {
-        std::fs::create_dir_all(mp).unwrap();
-        let mp = std::fs::canonicalize(mp).unwrap();
-        let child = Command::new(bin())
-            .arg("mount")
-            .args(extra)
-            .arg(dir)
-            .arg(&mp)
-            .spawn()
-            .unwrap();
-        wait_until("the mount", || is_mounted(&mp));
-        Mount {
-            child: Some(child),
-            mp,
-        }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.mp.join(rel)
-    }
-
-    /// SIGTERM, and the exit status.
-    fn stop(&mut self) -> i32 {
-        let mut child = self.child.take().unwrap();
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let status = child.wait().unwrap();
-        wait_until("the unmount", || !is_mounted(&self.mp));
-        status.code().unwrap_or(-1)
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            self.stop();
-        }
-    }
-}
+use std::process::Command;
 
 fn image_with_snapshots(dir: &Path, name: &str) -> PathBuf {
     let img = at(dir, name);

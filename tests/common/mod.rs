@@ -243,3 +243,148 @@ pub fn build_chain_image(dir: &Path, name: &str, opts: &str) -> std::path::PathB
     io(&["write -P 0x41 5M 64k", "discard 8M 64k"]);
     img
 }
+
+/// A running `qcow2fs mount`, unmounted (by SIGTERM) when dropped.
+pub struct Mount {
+    pub child: Option<std::process::Child>,
+    pub mp: PathBuf,
+}
+
+pub fn is_mounted(mp: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = mp.to_str().unwrap();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(want))
+}
+
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+impl Mount {
+    pub fn new(dir: &Path, mp: &Path, extra: &[&str]) -> Mount {
+        std::fs::create_dir_all(mp).unwrap();
+        let mp = std::fs::canonicalize(mp).unwrap();
+        let child = Command::new(bin())
+            .arg("mount")
+            .args(extra)
+            .arg(dir)
+            .arg(&mp)
+            .spawn()
+            .unwrap();
+        wait_until("the mount", || is_mounted(&mp));
+        Mount {
+            child: Some(child),
+            mp,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mp.join(rel)
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(&mut self) -> i32 {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        wait_until("the unmount", || !is_mounted(&self.mp));
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// Check every layer of an exported chain against qemu-img.
+pub fn verify_chain(dir: &Path, img: &Path, out: &Path, d: qcow2fs::chain::Direction) {
+    let image = qcow2fs::Image::open(img, &qcow2fs::OpenOptions::new(8 << 20)).unwrap();
+    let specs = qcow2fs::chain::layers(&image, d);
+    for s in &specs {
+        let p = out.join(&s.file_name);
+        let ps = p.to_str().unwrap();
+        let (ok, msg) = check_clean(&p);
+        assert!(ok, "{}: qemu-img check: {msg}", s.file_name);
+        // The layer's full view equals its state.
+        let raw = dir.join("oracle.raw");
+        let theirs = oracle_raw(dir, img, state_id(&image, s.x).as_deref());
+        let size = match s.x {
+            qcow2fs::StateId::Active => image.header().size,
+            qcow2fs::StateId::Snapshot(i) => image.snapshots()[i].disk_size,
+        };
+        std::fs::write(&raw, &theirs[..size as usize]).unwrap();
+        let cmp = std::process::Command::new("qemu-img")
+            .args([
+                "compare",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                ps,
+                raw.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            cmp.status.success(),
+            "{}: {}",
+            s.file_name,
+            String::from_utf8_lossy(&cmp.stdout)
+        );
+    }
+    // The chain opens in order from its top.
+    let top = &specs.last().unwrap().file_name;
+    let info = qemu_img(&[
+        "info",
+        "--backing-chain",
+        "--output=json",
+        out.join(top).to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let files: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            Path::new(e["filename"].as_str().unwrap())
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let mut want: Vec<String> = specs.iter().rev().map(|s| s.file_name.clone()).collect();
+    want.extend(["mid.qcow2".to_string(), "base.raw".to_string()]);
+    assert_eq!(files, want);
+}
+
+/// qemu-img check: no errors, no leaks.
+pub fn check_clean(p: &Path) -> (bool, String) {
+    let out = std::process::Command::new("qemu-img")
+        .args(["check", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// The snapshot ID of a state (None: active).
+pub fn state_id(image: &qcow2fs::Image, w: qcow2fs::StateId) -> Option<String> {
+    match w {
+        qcow2fs::StateId::Active => None,
+        qcow2fs::StateId::Snapshot(i) => Some(image.snapshots()[i].id.clone()),
+    }
+}

@@ -1,0 +1,161 @@
+//! chain/ and forward/ through a real mount: cp -r, rsync, and stable bytes.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+
+use qcow2fs::chain::Direction;
+
+/// Longer than the attribute TTL the mount gives the kernel.
+const ATTR_WAIT: std::time::Duration = std::time::Duration::from_millis(1100);
+
+fn sha256(p: &Path) -> String {
+    run("sha256sum", &[p.to_str().unwrap()])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn sums(dir: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().into_string().unwrap(), sha256(&e.path()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn copied_chains_verify_and_match_export_across_mounts() {
+    let d = scratch();
+    let src = d.path().join("images");
+    std::fs::create_dir_all(&src).unwrap();
+    let img = build_chain_image(&src, "vm.qcow2", "");
+    let m = Mount::new(&src, &d.path().join("mnt"), &[]);
+    let names: Vec<String> = std::fs::read_dir(m.path("vm.qcow2/chain"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"vm_snapshot[0].qcow2".to_string()),
+        "{names:?}"
+    );
+    assert!(names.contains(&"vm_active.qcow2".to_string()));
+    assert!(names.contains(&"mid.qcow2".to_string()) && names.contains(&"base.raw".to_string()));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(m.path("vm.qcow2/chain/chain.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["layers"].as_array().unwrap().len(), 5);
+    assert_eq!(json["layers"][0]["file"], "vm_active.qcow2");
+    assert_eq!(json["layers"][1]["backing"], "vm_active.qcow2");
+
+    for (folder, dir) in [
+        ("chain", Direction::Reverse),
+        ("forward", Direction::Forward),
+    ] {
+        let copy = d.path().join(format!("copy-{folder}"));
+        run(
+            "cp",
+            &[
+                "-r",
+                m.path(&format!("vm.qcow2/{folder}")).to_str().unwrap(),
+                copy.to_str().unwrap(),
+            ],
+        );
+        verify_chain(d.path(), &img, &copy, dir);
+        // The same bytes as `qcow2fs export`.
+        let out = d.path().join(format!("export-{folder}"));
+        let flag = if dir == Direction::Forward {
+            "--forward"
+        } else {
+            "--reverse"
+        };
+        let (code, _, err) =
+            qcow2fs(&["export", flag, img.to_str().unwrap(), out.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(sums(&copy), sums(&out), "{folder}: mount and export differ");
+        let (code, _, err) =
+            qcow2fs(&["export", flag, img.to_str().unwrap(), out.to_str().unwrap()]);
+        assert_ne!(code, 0);
+        assert!(err.contains("--force"), "{err}");
+    }
+    let first = sums(&m.path("vm.qcow2/chain"));
+    drop(m);
+    let m = Mount::new(&src, &d.path().join("mnt2"), &[]);
+    assert_eq!(
+        first,
+        sums(&m.path("vm.qcow2/chain")),
+        "bytes differ across mounts"
+    );
+}
+
+/// Files rsync transferred, from --itemize-changes output.
+fn rsync(from: &Path, to: &Path) -> Vec<String> {
+    let out = run(
+        "rsync",
+        &[
+            "-a",
+            "--itemize-changes",
+            &format!("{}/", from.display()),
+            to.to_str().unwrap(),
+        ],
+    );
+    let mut v: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with(">f"))
+        .map(|l| l.split_once(' ').unwrap().1.to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn rsync_skips_unchanged_layers_and_never_keeps_a_changed_one() {
+    let d = scratch();
+    let src = d.path().join("images");
+    std::fs::create_dir_all(&src).unwrap();
+    let img = build_chain_image(&src, "vm.qcow2", "");
+    let m = Mount::new(&src, &d.path().join("mnt"), &[]);
+    let fwd = m.path("vm.qcow2/forward");
+    let replica = d.path().join("replica");
+    assert!(rsync(&fwd, &replica).len() >= 5);
+    assert_eq!(
+        rsync(&fwd, &replica),
+        Vec::<String>::new(),
+        "second run transferred files"
+    );
+
+    // A new snapshot and a write: only the new layer, active.qcow2 and the
+    // manifest change.
+    snapshot(&img, "five");
+    qemu_io(&img, "qcow2", &["write -P 0x55 3M 64k"]);
+    wait_until("the new layer", || fwd.join("five.qcow2").exists());
+    // Let the kernel's attribute cache (1 s) expire.
+    std::thread::sleep(ATTR_WAIT);
+    assert_eq!(
+        rsync(&fwd, &replica),
+        ["active.qcow2", "chain.json", "five.qcow2"]
+    );
+    verify_chain(d.path(), &img, &replica, Direction::Forward);
+
+    // Deleting a middle snapshot changes the layer built on it; rsync's
+    // quick check (size and mtime) must see it.
+    qemu_img(&["snapshot", "-d", "two", img.to_str().unwrap()]);
+    wait_until("the snapshot to go", || !fwd.join("two.qcow2").exists());
+    std::thread::sleep(ATTR_WAIT);
+    run(
+        "rsync",
+        &[
+            "-a",
+            "--delete",
+            &format!("{}/", fwd.display()),
+            replica.to_str().unwrap(),
+        ],
+    );
+    verify_chain(d.path(), &img, &replica, Direction::Forward);
+}
