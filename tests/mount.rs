@@ -43,7 +43,17 @@ fn tree_mirrors_the_folder_and_views_equal_qemu_img() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["active.raw", "info", "info.json", "snapshots"]);
+    assert_eq!(
+        names,
+        [
+            "active.raw",
+            "chain",
+            "forward",
+            "info",
+            "info.json",
+            "snapshots"
+        ]
+    );
     let mut snaps: Vec<String> = std::fs::read_dir(m.path("vm.qcow2/snapshots"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

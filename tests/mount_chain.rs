@@ -131,7 +131,9 @@ fn rsync_skips_unchanged_layers_and_never_keeps_a_changed_one() {
     );
 
     // A new snapshot and a write: only the new layer, active.qcow2 and the
-    // manifest change.
+    // manifest change. rsync compares mtimes in whole seconds by default,
+    // so the change is made in a later second than the copy.
+    std::thread::sleep(ATTR_WAIT);
     snapshot(&img, "five");
     qemu_io(&img, "qcow2", &["write -P 0x55 3M 64k"]);
     wait_until("the new layer", || fwd.join("five.qcow2").exists());
@@ -145,6 +147,7 @@ fn rsync_skips_unchanged_layers_and_never_keeps_a_changed_one() {
 
     // Deleting a middle snapshot changes the layer built on it; rsync's
     // quick check (size and mtime) must see it.
+    std::thread::sleep(ATTR_WAIT);
     qemu_img(&["snapshot", "-d", "two", img.to_str().unwrap()]);
     wait_until("the snapshot to go", || !fwd.join("two.qcow2").exists());
     std::thread::sleep(ATTR_WAIT);
