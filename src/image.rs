@@ -685,14 +685,6 @@ impl View for VmState {
     }
 
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        let end = offset.saturating_add(len).min(self.size);
-        let mut out = Vec::new();
-        push_extent(
-            &mut out,
-            offset,
-            end.saturating_sub(offset),
-            ExtentKind::Data,
-        );
-        Ok(out)
+        Ok(crate::view::all_data(offset, len, self.size()))
     }
 }

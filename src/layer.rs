@@ -26,7 +26,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::header::{CompressionType, QCOW2_MAGIC};
 use crate::image::{Mapping, State};
-use crate::view::{Extent, ExtentKind, View, clip, push_extent};
+use crate::view::{Extent, View, all_data, clip};
 
 /// Refcount width of generated layers (16 bits, QEMU's default).
 const LAYER_REFCOUNT_ORDER: u32 = 4;
@@ -506,14 +506,6 @@ impl View for Layer {
     }
 
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        let mut out = Vec::new();
-        let end = offset.saturating_add(len).min(self.size());
-        push_extent(
-            &mut out,
-            offset,
-            end.saturating_sub(offset),
-            ExtentKind::Data,
-        );
-        Ok(out)
+        Ok(all_data(offset, len, self.size()))
     }
 }

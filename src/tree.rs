@@ -384,6 +384,22 @@ impl Tree {
         Ok((real, meta))
     }
 
+    /// The node a source entry is shown as: folders stay folders, qcow2
+    /// files (known by their magic) become image folders, other files are
+    /// shown as they are; anything else is not shown.
+    fn mirrored(&self, rel: PathBuf) -> Result<Option<Node>> {
+        let (real, meta) = self.source(&rel)?;
+        Ok(if meta.is_dir() {
+            Some(Node::Dir(rel))
+        } else if !meta.is_file() {
+            None
+        } else if is_qcow2(&real) {
+            Some(Node::Image(rel))
+        } else {
+            Some(Node::Plain(rel))
+        })
+    }
+
     /// The current opening of the image at `rel`, reopened if it changed.
     fn entry(&self, rel: &Path) -> Result<Arc<ImageEntry>> {
         let (path, meta) = self.source(rel)?;
@@ -435,18 +451,7 @@ impl Tree {
                     let name = de.file_name();
                     let child = rel.join(&name);
                     // Entries that vanish, dangle or lead outside are not shown.
-                    let Ok((real, meta)) = self.source(&child) else {
-                        continue;
-                    };
-                    let n = if meta.is_dir() {
-                        Node::Dir(child)
-                    } else if meta.is_file() {
-                        if is_qcow2(&real) {
-                            Node::Image(child)
-                        } else {
-                            Node::Plain(child)
-                        }
-                    } else {
+                    let Ok(Some(n)) = self.mirrored(child) else {
                         continue;
                     };
                     out.push((name, n));
@@ -542,21 +547,10 @@ impl Tree {
                         name: name.to_string_lossy().into(),
                     });
                 }
-                let child = rel.join(name);
-                let (real, meta) = self.source(&child)?;
-                if meta.is_dir() {
-                    Node::Dir(child)
-                } else if meta.is_file() {
-                    if is_qcow2(&real) {
-                        Node::Image(child)
-                    } else {
-                        Node::Plain(child)
-                    }
-                } else {
-                    return Err(Error::NotFound {
+                self.mirrored(rel.join(name))?
+                    .ok_or_else(|| Error::NotFound {
                         name: name.to_string_lossy().into(),
-                    });
-                }
+                    })?
             }
             _ => self
                 .children(&p)?
@@ -953,14 +947,6 @@ impl View for Bytes {
     }
 
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<crate::view::Extent>> {
-        let mut out = Vec::new();
-        let end = offset.saturating_add(len).min(self.size());
-        crate::view::push_extent(
-            &mut out,
-            offset,
-            end.saturating_sub(offset),
-            ExtentKind::Data,
-        );
-        Ok(out)
+        Ok(crate::view::all_data(offset, len, self.size()))
     }
 }

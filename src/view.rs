@@ -67,6 +67,19 @@ pub fn push_extent(out: &mut Vec<Extent>, start: u64, len: u64, kind: ExtentKind
     out.push(Extent { start, len, kind });
 }
 
+/// The extents of a view that is data throughout (generated files).
+pub fn all_data(offset: u64, len: u64, size: u64) -> Vec<Extent> {
+    let mut out = Vec::new();
+    let end = offset.saturating_add(len).min(size);
+    push_extent(
+        &mut out,
+        offset,
+        end.saturating_sub(offset),
+        ExtentKind::Data,
+    );
+    out
+}
+
 /// A plain file shown byte for byte (also raw backing files).
 pub struct RawView {
     file: SourceFile,
