@@ -21,6 +21,13 @@ fn exported_chains_verify_against_qemu_img() {
             let out = d.path().join(format!("{name}-{dir:?}"));
             export(&image, dir, &out, false, &mut |_, _| {}).unwrap();
             verify_chain(d.path(), &img, &out, dir);
+            // The complete layer carries the compressed clusters over.
+            let bottom = &layers(&image, dir)[0].file_name;
+            let q = qemu_check(&out.join(bottom)).unwrap();
+            assert!(
+                q["compressed-clusters"].as_u64().unwrap() > 0,
+                "{bottom}: {q}"
+            );
             // Existing files are not overwritten without force.
             assert!(export(&image, dir, &out, false, &mut |_, _| {}).is_err());
             export(&image, dir, &out, true, &mut |_, _| {}).unwrap();

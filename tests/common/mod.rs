@@ -324,6 +324,10 @@ pub fn verify_chain(dir: &Path, img: &Path, out: &Path, d: qcow2fs::chain::Direc
             qcow2fs::StateId::Snapshot(i) => image.snapshots()[i].disk_size,
         };
         std::fs::write(&raw, &theirs[..size as usize]).unwrap();
+        // The layer has its state's own guest size.
+        let info: serde_json::Value =
+            serde_json::from_str(&qemu_img(&["info", "--output=json", ps])).unwrap();
+        assert_eq!(info["virtual-size"].as_u64(), Some(size), "{}", s.file_name);
         let cmp = std::process::Command::new("qemu-img")
             .args([
                 "compare",
