@@ -111,7 +111,11 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        log::debug!("read fh {} offset {offset} size {size}", fh.0);
+        log::debug!(
+            "read fh {} offset {offset} size {size} thread {:?}",
+            fh.0,
+            std::thread::current().id()
+        );
         match self.tree.read(fh.0, offset, size) {
             Ok(b) => reply.data(&b),
             Err(e) => reply.error(errno(&e)),

@@ -77,6 +77,32 @@ fn mount_device(mp: &Path) -> Option<String> {
         .next_back()
 }
 
+/// Options of mount(8) and fstab accepted and ignored.
+const GENERIC_OPTIONS: &[&str] = &[
+    "ro",
+    "defaults",
+    "nodev",
+    "dev",
+    "nosuid",
+    "suid",
+    "noexec",
+    "exec",
+    "noatime",
+    "atime",
+    "relatime",
+    "strictatime",
+    "nodiratime",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "_netdev",
+    "nofail",
+    "async",
+    "sync",
+];
+
 fn config(args: &MountArgs) -> Result<Config, MountError> {
     let mut c = Config::default();
     c.mount_options = vec![MountOption::RO, MountOption::NoDev, MountOption::NoSuid];
@@ -99,24 +125,13 @@ fn config(args: &MountArgs) -> Result<Config, MountError> {
             }
             None if o == "allow_root" => c.acl = SessionACL::RootAndOwner,
             None if o == "default_permissions" => default_permissions = true,
-            None if matches!(
-                o,
-                "ro" | "nodev"
-                    | "nosuid"
-                    | "noatime"
-                    | "rw"
-                    | "auto"
-                    | "noauto"
-                    | "user"
-                    | "nouser"
-                    | "_netdev"
-                    | "nofail"
-            ) =>
-            {
-                if o == "rw" {
-                    return fail("qcow2fs mounts are read-only; option 'rw' is refused".into());
-                }
+            None if o == "rw" => {
+                return fail("qcow2fs mounts are read-only; option 'rw' is refused".into());
             }
+            // Generic options that mount(8) and fstab pass along: the mount
+            // is always ro, nodev and nosuid; the rest do not apply.
+            None if GENERIC_OPTIONS.contains(&o) || o.starts_with("x-") => {}
+            Some(("comment", _)) => {}
             _ => return fail(format!("unknown mount option '{o}'")),
         }
     }
@@ -134,6 +149,7 @@ fn config(args: &MountArgs) -> Result<Config, MountError> {
 
 /// Mount and serve until unmounted or signalled.
 pub fn mount(args: &MountArgs) -> Result<(), MountError> {
+    let cfg = config(args)?;
     if !args.image_dir.is_dir() {
         return fail(format!(
             "{}: IMAGE_DIR is not a folder",
@@ -164,7 +180,6 @@ pub fn mount(args: &MountArgs) -> Result<(), MountError> {
         },
     )
     .map_err(|e| MountError(e.to_string()))?;
-    let cfg = config(args)?;
     // Block the signals before any thread starts, so that only the waiter
     // below receives them.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -175,25 +190,115 @@ pub fn mount(args: &MountArgs) -> Result<(), MountError> {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
-    let mut session = fuser::Session::new(Fs::new(tree), &mp, &cfg)
-        .map_err(|e| MountError(format!("{}: mount failed: {e}", mp.display())))?;
+    let fs = Fs::new(tree);
+    // As root, mount(2) directly, so that the file system type carries the
+    // subtype (fuse.qcow2fs); otherwise let fuser go through fusermount.
+    let (session, mut unmount): (_, Box<dyn FnMut() + Send>) = match kernel_mount(&mp, &cfg) {
+        Ok(fd) => {
+            let session = fuser::Session::from_fd(fs, fd, cfg.acl, cfg.clone())
+                .map_err(|e| MountError(format!("{}: mount failed: {e}", mp.display())))?;
+            let target = mp.clone();
+            (session, Box::new(move || detach(&target)))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let mut session = fuser::Session::new(fs, &mp, &cfg)
+                .map_err(|e| MountError(format!("{}: mount failed: {e}", mp.display())))?;
+            let mut u = session.unmount_callable();
+            (
+                session,
+                Box::new(move || {
+                    if let Err(e) = u.unmount() {
+                        log::warn!("unmount: {e}");
+                    }
+                }),
+            )
+        }
+        Err(e) => return fail(format!("{}: mount failed: {e}", mp.display())),
+    };
     raise_readahead(&mp);
     if args.daemon {
         daemonize()?;
     }
-    let mut unmounter = session.unmount_callable();
     std::thread::spawn(move || {
         let mut sig = 0;
         // SAFETY: waits for one of the blocked signals.
         unsafe { libc::sigwait(&set, &mut sig) };
         log::info!("signal {sig}: unmounting");
-        if let Err(e) = unmounter.unmount() {
-            log::warn!("unmount: {e}");
-        }
+        unmount();
     });
     session
         .run()
         .map_err(|e| MountError(format!("serving the mount: {e}")))
+}
+
+/// Open /dev/fuse and mount it read-only at `mp` with type
+/// `fuse.<subtype>`. Needs CAP_SYS_ADMIN (EPERM otherwise).
+fn kernel_mount(mp: &Path, cfg: &Config) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let fd: OwnedFd = dev.into();
+    let mut fsname = "qcow2fs".to_string();
+    let mut subtype = "qcow2fs".to_string();
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id={uid},group_id={gid}",
+        fd.as_raw_fd()
+    );
+    for o in &cfg.mount_options {
+        match o {
+            MountOption::FSName(n) => fsname = n.clone(),
+            MountOption::Subtype(t) => subtype = t.clone(),
+            MountOption::DefaultPermissions => data.push_str(",default_permissions"),
+            _ => {}
+        }
+    }
+    if cfg.acl != SessionACL::Owner {
+        data.push_str(",allow_other");
+    }
+    let c = |s: &str| {
+        CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (src, target, ty, data) = (
+        c(&fsname)?,
+        c(&mp.to_string_lossy())?,
+        c(&format!("fuse.{subtype}"))?,
+        c(&data)?,
+    );
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            ty.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Unmount what `kernel_mount` mounted; the session then ends.
+fn detach(mp: &Path) {
+    let Ok(c) = std::ffi::CString::new(mp.to_string_lossy().as_bytes()) else {
+        return;
+    };
+    // SAFETY: a valid path string.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        log::warn!(
+            "unmount {}: {}",
+            mp.display(),
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// As root, let the kernel read ahead as much as one request carries.

@@ -461,11 +461,10 @@ impl Tree {
             }
             Node::Image(rel) => {
                 let e = self.entry(rel)?;
-                let mut out = vec![
-                    (OsString::from("info"), Node::Info(rel.clone(), false)),
-                    (OsString::from("info.json"), Node::Info(rel.clone(), true)),
-                ];
+                // An image that cannot be opened holds only `info`, saying why.
+                let mut out = vec![(OsString::from("info"), Node::Info(rel.clone(), false))];
                 if e.image.is_ok() {
+                    out.push((OsString::from("info.json"), Node::Info(rel.clone(), true)));
                     out.push((OsString::from("active.raw"), Node::Active(rel.clone())));
                     out.push((OsString::from("snapshots"), Node::SnapDir(rel.clone())));
                     out.push((

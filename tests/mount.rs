@@ -258,7 +258,7 @@ fn unreadable_images_show_only_info_and_others_are_served() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names, ["info", "info.json"]);
+    assert_eq!(names, ["info"]);
     let info = std::fs::read_to_string(m.path("bad.qcow2/info")).unwrap();
     assert!(info.contains("L1 table"), "{info}");
     assert!(std::fs::read(m.path("good.qcow2/snapshots/aaa.raw")).is_ok());
@@ -417,9 +417,79 @@ fn large_reads_arrive_as_large_requests_and_failures_are_logged_once() {
     assert_eq!(m.stop(), 0);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("size 1048576"), "no 1 MiB request:\n{text}");
+    // Concurrent readers are served by more than one thread.
+    let threads: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.split(" thread ").nth(1))
+        .collect();
+    assert!(threads.len() > 1, "one serving thread only: {threads:?}");
     let failures = text
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("missing.raw"))
         .count();
     assert_eq!(failures, 1, "{text}");
+}
+
+#[test]
+fn symlinks_stay_inside_and_mount_options_apply() {
+    let d = scratch();
+    let src = at(d.path(), "images");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    image_with_snapshots(&src, "vm.qcow2");
+    let secret = at(d.path(), "secret.txt");
+    std::fs::write(&secret, b"outside").unwrap();
+    std::os::unix::fs::symlink("../vm.qcow2", src.join("sub/inside-link.qcow2")).unwrap();
+    std::os::unix::fs::symlink(&secret, src.join("outside-link")).unwrap();
+    std::os::unix::fs::symlink("/etc", src.join("etc-link")).unwrap();
+    let m = Mount::new(
+        &src,
+        &at(d.path(), "mnt"),
+        &[
+            "-o",
+            "fsname=vmimages,subtype=qcow2test",
+            "--cache-size",
+            "16M",
+            "--threads",
+            "2",
+        ],
+    );
+    assert!(m.path("sub/inside-link.qcow2/snapshots/aaa.raw").exists());
+    assert!(!m.path("outside-link").exists());
+    assert!(!m.path("etc-link").exists());
+    assert!(std::fs::read(m.path("etc-link/passwd")).is_err());
+    let names: Vec<String> = std::fs::read_dir(&m.mp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !names.contains(&"outside-link".to_string()) && !names.contains(&"etc-link".to_string()),
+        "{names:?}"
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == m.mp.to_str())
+        .unwrap();
+    assert!(
+        line.starts_with("vmimages ") && line.contains(" fuse.qcow2test ro,"),
+        "{line}"
+    );
+    let (code, _, err) = qcow2fs(&[
+        "mount",
+        "--cache-size",
+        "lots",
+        src.to_str().unwrap(),
+        m.mp.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not a size"), "{err}");
+    let (code, _, err) = qcow2fs(&[
+        "mount",
+        "-o",
+        "frobnicate",
+        src.to_str().unwrap(),
+        m.mp.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown mount option 'frobnicate'"), "{err}");
 }
