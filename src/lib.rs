@@ -5,6 +5,7 @@ pub mod be;
 pub mod cache;
 pub mod chain;
 pub mod check;
+pub mod cli;
 pub mod cluster;
 pub mod compress;
 pub mod error;

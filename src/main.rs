@@ -1,70 +1,14 @@
 //! The `qcow2fs` command: argument parsing, logging and exit codes. All the
 //! work is done by the library.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use qcow2fs::chain::{self, Direction};
-use qcow2fs::mount::{MountArgs, mount};
+use qcow2fs::cli::{Cli, Command, Output};
+use qcow2fs::mount::mount;
 use qcow2fs::report::{Info, check_text};
 use qcow2fs::{Image, OpenOptions};
-
-/// Read-only views of qcow2 images: raw disks for every internal snapshot,
-/// and snapshots as chains of external qcow2 layers.
-#[derive(Parser)]
-#[command(name = "qcow2fs", version, about, long_about = None)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-/// Output format of info and check, as in `qemu-img --output`.
-#[derive(Clone, Copy, ValueEnum)]
-enum Output {
-    Text,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Report an image's header, snapshots, table figures and consistency.
-    Info {
-        /// The qcow2 image.
-        image: PathBuf,
-        /// Output format.
-        #[arg(long, value_enum, default_value = "text")]
-        output: Output,
-    },
-    /// Check an image's consistency; exit 0 clean, 1 check not possible,
-    /// 2 corruptions, 3 leaks only (as qemu-img check).
-    Check {
-        /// The qcow2 image.
-        image: PathBuf,
-        /// Output format.
-        #[arg(long, value_enum, default_value = "text")]
-        output: Output,
-    },
-    /// Mount IMAGE_DIR read-only at MOUNTPOINT, every qcow2 image a folder.
-    Mount(MountArgs),
-    /// Write an image's chain of qcow2 layers (the files of chain/ or
-    /// forward/, and chain.json) into OUTDIR, without a mount.
-    Export {
-        /// Reverse chain, as in chain/ (the default).
-        #[arg(long, conflicts_with = "forward")]
-        reverse: bool,
-        /// Forward chain, as in forward/.
-        #[arg(long)]
-        forward: bool,
-        /// Overwrite existing files.
-        #[arg(long)]
-        force: bool,
-        /// The qcow2 image.
-        image: PathBuf,
-        /// Folder to write into (created if missing).
-        outdir: PathBuf,
-    },
-}
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
