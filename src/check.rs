@@ -54,6 +54,9 @@ pub struct StateFigures {
     pub data_clusters: u64,
     /// Of those, clusters the previous state (in table order) does not reference.
     pub new_clusters: u64,
+    /// Of those, clusters no other state references: what deleting this
+    /// snapshot would free.
+    pub unique_clusters: u64,
 }
 
 /// The outcome of a check, with the same counts as `qemu-img check`.
@@ -407,6 +410,7 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
     let mut states = vec![fig];
     let mut snapshot_clusters: Vec<u64> = Vec::new();
     let mut prev: Vec<u64> = Vec::new();
+    let mut lists: Vec<Vec<u64>> = Vec::new();
     for sn in image.snapshots() {
         let mut fig = StateFigures {
             label: sn.id.clone(),
@@ -417,10 +421,24 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
         fig.new_clusters = count_not_in(&data, &prev);
         snapshot_clusters.extend_from_slice(&data);
         states.push(fig);
+        lists.push(data.clone());
         prev = data;
     }
     // The active state is newer than every snapshot.
     states[0].new_clusters = count_not_in(&active, &prev);
+    // A cluster is unique to a state when it appears in one list only.
+    let mut all: Vec<u64> = active
+        .iter()
+        .chain(lists.iter().flatten())
+        .copied()
+        .collect();
+    all.sort_unstable();
+    let once = |c: &u64| all.partition_point(|x| x <= c) - all.partition_point(|x| x < c) == 1;
+    states[0].unique_clusters = active.iter().filter(|c| once(c)).count() as u64;
+    for (fig, list) in states.iter_mut().skip(1).zip(&lists) {
+        fig.unique_clusters = list.iter().filter(|c| once(c)).count() as u64;
+    }
+    drop(lists);
     w.inc(h.snapshots_offset, image.snapshot_table_bytes());
     w.inc(
         h.refcount_table_offset,

@@ -104,6 +104,8 @@ impl Info {
                            "invalid": s.l2_invalid, "compressed": s.l2_compressed, "zero": s.l2_zero},
                     "data-clusters": s.data_clusters,
                     "new-clusters": s.new_clusters,
+                    "unique-clusters": s.unique_clusters,
+                    "unique-bytes": s.unique_clusters * cs,
                 })
             })
             .collect();
@@ -235,7 +237,7 @@ impl Info {
         let _ = writeln!(t, "\n== tables per state ==");
         let _ = writeln!(
             t,
-            "{:<10}{:>8}{:>8}{:>10}{:>9}{:>10}{:>10}{:>10}{:>9}{:>11}{:>8}{:>10}{:>8}",
+            "{:<10}{:>8}{:>8}{:>10}{:>9}{:>10}{:>10}{:>10}{:>9}{:>11}{:>8}{:>10}{:>8}{:>8}",
             "STATE",
             "L1 USED",
             "UNUSED",
@@ -248,12 +250,13 @@ impl Info {
             "COMPRESSED",
             "ZERO",
             "CLUSTERS",
-            "NEW"
+            "NEW",
+            "UNIQUE"
         );
         for s in &c.states {
             let _ = writeln!(
                 t,
-                "{:<10}{:>8}{:>8}{:>10}{:>9}{:>10}{:>10}{:>10}{:>9}{:>11}{:>8}{:>10}{:>8}",
+                "{:<10}{:>8}{:>8}{:>10}{:>9}{:>10}{:>10}{:>10}{:>9}{:>11}{:>8}{:>10}{:>8}{:>8}",
                 s.label,
                 s.l1_used,
                 s.l1_unused,
@@ -266,7 +269,8 @@ impl Info {
                 s.l2_compressed,
                 s.l2_zero,
                 s.data_clusters,
-                s.new_clusters
+                s.new_clusters,
+                s.unique_clusters
             );
         }
         let _ = writeln!(t, "\n== refcount table ==");

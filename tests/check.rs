@@ -222,3 +222,56 @@ fn an_image_open_for_writing_is_reported_in_use() {
     child.wait().unwrap();
     assert!(!qcow2fs::lock::in_use(&img));
 }
+
+/// An example program built next to this test binary (built now when
+/// only this test target was built).
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let path = profile_dir.join("examples").join(name);
+    if !path.exists() {
+        let mut cmd = std::process::Command::new(env!("CARGO"));
+        cmd.args(["build", "--examples"]);
+        if profile_dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().unwrap().success());
+    }
+    path
+}
+
+#[test]
+fn unique_bytes_per_snapshot_and_the_library_examples() {
+    let d = scratch();
+    let img = at(d.path(), "u.qcow2");
+    create(&img, "8M", "");
+    qemu_io(&img, "qcow2", &["write -P 1 0 1M"]);
+    snapshot(&img, "s1");
+    qemu_io(&img, "qcow2", &["write -P 2 0 512k", "write -P 3 4M 64k"]);
+    snapshot(&img, "s2");
+    qemu_io(&img, "qcow2", &["write -P 4 0 64k"]);
+    let (_, json, _) = qcow2fs(&["info", "--output", "json", img.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    // s1 alone holds the first 512 KiB it wrote (8 clusters); s2 alone the
+    // first 64 KiB that active rewrote; active alone its new 64 KiB.
+    assert_eq!(v["states"][1]["unique-clusters"], 8);
+    assert_eq!(v["states"][2]["unique-clusters"], 1);
+    assert_eq!(v["states"][0]["unique-clusters"], 1);
+    assert_eq!(v["states"][1]["unique-bytes"], 8 * 65536);
+
+    let out = run(
+        example("snapshot_space").to_str().unwrap(),
+        &[img.to_str().unwrap()],
+    );
+    let s1 = out
+        .lines()
+        .find(|l| l.starts_with("1 "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(s1.split_whitespace().nth(2) == Some("524288"), "{out}");
+    let raw = std::process::Command::new(example("read_snapshot"))
+        .args([img.to_str().unwrap(), "s1"])
+        .output()
+        .unwrap();
+    assert!(raw.status.success());
+    assert!(raw.stdout == oracle_raw(d.path(), &img, Some("1")));
+}
