@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::error::{Error, Result};
 use crate::header::Header;
 use crate::image::{Image, StateId, is_qcow2};
-use crate::layer::{BackingRef, Layer};
+use crate::layer::{BackingRef, ClusterMap, Layer};
 use crate::names::snapshot_stems;
 use crate::source::SourceFile;
 use crate::view::View;
@@ -193,12 +193,22 @@ pub fn layers(image: &Image, dir: Direction) -> Vec<LayerSpec> {
 
 /// Plan one layer (metadata only).
 pub fn build(image: &Arc<Image>, spec: &LayerSpec) -> Result<Layer> {
+    build_with(image, spec, &|w| {
+        Ok(Arc::new(ClusterMap::of(&image.state(w)?)?))
+    })
+}
+
+/// Plan one layer, taking each state's cluster map from `map` (so that a
+/// caller building many layers walks each state's tables once).
+pub fn build_with(
+    image: &Arc<Image>,
+    spec: &LayerSpec,
+    map: &dyn Fn(StateId) -> Result<Arc<ClusterMap>>,
+) -> Result<Layer> {
     let x = Arc::new(image.state(spec.x)?);
-    let y = match spec.y {
-        Some(y) => Some(image.state(y)?),
-        None => None,
-    };
-    Layer::plan(x, y.as_ref(), spec.backing.clone())
+    let xmap = map(spec.x)?;
+    let ymap = spec.y.map(map).transpose()?;
+    Layer::plan(x, &xmap, ymap.as_deref(), spec.backing.clone())
 }
 
 /// The date of a state, as (seconds, nanoseconds): a snapshot's own date;

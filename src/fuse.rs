@@ -54,7 +54,8 @@ fn file_attr(a: &Attr) -> FileAttr {
         uid: a.uid,
         gid: a.gid,
         rdev: 0,
-        blksize: 4096,
+        // Tools size their buffers by st_blksize: ask for large reads.
+        blksize: MAX_READ,
         flags: 0,
     }
 }

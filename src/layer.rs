@@ -129,6 +129,25 @@ fn own_runs(x: &State, cluster_bits: u32) -> Result<Vec<OwnRun>> {
     Ok(out)
 }
 
+/// A state's mapping per guest cluster, as runs: what layer planning
+/// compares. Computed from metadata once per state and shared by every layer
+/// built on that state.
+pub struct ClusterMap {
+    runs: Vec<OwnRun>,
+    size: u64,
+}
+
+impl ClusterMap {
+    /// Walk `state`'s tables.
+    pub fn of(state: &State) -> Result<ClusterMap> {
+        let cb = state.image().header().cluster_bits;
+        Ok(ClusterMap {
+            runs: own_runs(state, cb)?,
+            size: state.size(),
+        })
+    }
+}
+
 /// What the layer stores for a run of guest clusters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Plan {
@@ -176,18 +195,24 @@ pub struct Layer {
 }
 
 impl Layer {
-    /// Plan the layer of state `x` over `y` (None: over the image's own
-    /// backing file, or no backing file). Reads metadata only.
-    pub fn plan(x: Arc<State>, y: Option<&State>, backing: Option<BackingRef>) -> Result<Layer> {
+    /// Plan the layer of state `x` over the state mapped by `ymap` (None:
+    /// over the image's own backing file, or no backing file). Reads
+    /// metadata only.
+    pub fn plan(
+        x: Arc<State>,
+        xmap: &ClusterMap,
+        ymap: Option<&ClusterMap>,
+        backing: Option<BackingRef>,
+    ) -> Result<Layer> {
         let h = x.image().header().clone();
         let cb = h.cluster_bits;
         let cs = h.cluster_size();
-        let xr = own_runs(&x, cb)?;
+        let xr = &xmap.runs;
         let guest_clusters = x.size().div_ceil(cs);
-        let yr = match y {
+        let yr = match ymap {
             Some(y) => {
-                let mut r = own_runs(y, cb)?;
-                let ycl = y.size().div_ceil(cs);
+                let mut r = y.runs.clone();
+                let ycl = y.size.div_ceil(cs);
                 if ycl < guest_clusters {
                     r.push(OwnRun {
                         start: ycl,
@@ -498,7 +523,24 @@ impl View for Layer {
             let pos = offset + done as u64;
             let k = pos / cs;
             let within = pos % cs;
-            let take = ((cs - within) as usize).min(n - done);
+            let mut take = ((cs - within) as usize).min(n - done);
+            // Consecutive data clusters of one plan run are consecutive in
+            // the state too: read them with one call, which merges them
+            // into large reads of the source.
+            if pos >= self.data_offset
+                && let Some(r) = self.data_run((pos - self.data_offset) / cs)
+                && r.plan == Plan::Data
+            {
+                let run_end = self.data_offset + (r.data_index + r.count) * cs;
+                take = (run_end - pos).min((n - done) as u64) as usize;
+                let d = (pos - self.data_offset) / cs;
+                let guest = (r.start + (d - r.data_index)) * cs + within;
+                let out = &mut buf[done..done + take];
+                let got = self.x.read_at(out, guest)?;
+                out[got..].fill(0);
+                done += take;
+                continue;
+            }
             self.cluster_bytes(k, within, &mut buf[done..done + take])?;
             done += take;
         }

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use crate::chain::{self, Direction, LayerSpec};
 use crate::error::{Error, Result};
 use crate::image::{Image, OpenOptions, State, StateId, VmState, is_qcow2};
-use crate::layer::Layer;
+use crate::layer::{ClusterMap, Layer};
 use crate::names::snapshot_stems;
 use crate::report::{Info, open_error_text};
 use crate::snapshot::Snapshot;
@@ -167,6 +167,7 @@ struct ImageEntry {
     states: Mutex<HashMap<StateId, Arc<State>>>,
     blocks: Mutex<HashMap<StateId, u64>>,
     layers: Mutex<HashMap<LayerSpec, Arc<Layer>>>,
+    maps: Mutex<HashMap<StateId, Arc<ClusterMap>>>,
     manifests: Mutex<HashMap<Direction, Arc<Vec<u8>>>>,
     logged: AtomicBool,
 }
@@ -242,7 +243,15 @@ impl ImageEntry {
         if let Some(l) = self.layers.lock().get(spec) {
             return Ok(Arc::clone(l));
         }
-        let l = Arc::new(chain::build(self.image()?, spec)?);
+        let map = |w: StateId| -> Result<Arc<ClusterMap>> {
+            if let Some(m) = self.maps.lock().get(&w) {
+                return Ok(Arc::clone(m));
+            }
+            let m = Arc::new(ClusterMap::of(&*self.state(w)?)?);
+            self.maps.lock().insert(w, Arc::clone(&m));
+            Ok(m)
+        };
+        let l = Arc::new(chain::build_with(self.image()?, spec, &map)?);
         self.layers.lock().insert(spec.clone(), Arc::clone(&l));
         Ok(l)
     }
@@ -423,6 +432,7 @@ impl Tree {
             states: Mutex::new(HashMap::new()),
             blocks: Mutex::new(HashMap::new()),
             layers: Mutex::new(HashMap::new()),
+            maps: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
             logged: AtomicBool::new(false),
         });
@@ -810,6 +820,12 @@ impl Tree {
     /// The handle's view, re-resolved if its image changed since it was
     /// opened. A snapshot deleted meanwhile is an error: its clusters may
     /// have been reused.
+    /// True when the image at `rel` is still the version `e` opened (one
+    /// stat; resolution and the IMAGE_DIR check happen on a mismatch).
+    fn unchanged(&self, e: &ImageEntry, rel: &Path) -> bool {
+        std::fs::metadata(self.root.join(rel)).is_ok_and(|m| Stamp::of(&m) == e.stamp)
+    }
+
     fn current_view(&self, h: &Mutex<Handle>) -> Result<Resolved> {
         let mut g = h.lock();
         if let (Some(e), Some(rel)) = (&g.entry, image_of(&g.node)) {
@@ -828,15 +844,19 @@ impl Tree {
         let h = self.handle(fh)?;
         let node = h.lock().node.clone();
         let result = (|| {
-            let (view, entry) = self.current_view(&h)?;
+            let (view, entry) = {
+                let g = h.lock();
+                (Arc::clone(&g.view), g.entry.clone())
+            };
             let mut buf = vec![0u8; size as usize];
             let n = view.read_at(&mut buf, offset)?;
             buf.truncate(n);
-            // If the image changed while we read, the bytes may mix two
-            // versions: read again from the new one (or fail if the
-            // snapshot is gone).
+            // Validate after the read, with one stat: if the image changed
+            // since the view was resolved, the bytes may be stale or mix two
+            // versions, so read again from the current opening (which fails
+            // if the snapshot is gone).
             if let (Some(e), Some(rel)) = (&entry, image_of(&node))
-                && !Arc::ptr_eq(e, &self.entry(rel)?)
+                && !self.unchanged(e, rel)
             {
                 let (view, _) = self.current_view(&h)?;
                 let mut buf = vec![0u8; size as usize];

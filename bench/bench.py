@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""qcow2fs benchmark, side by side with the peer tools, in one run.
+
+Builds a realistic image set (2 GiB virtual, about 40% written in varied
+extents, an overlay on a qcow2 base with 3 snapshots and rewrites, zero
+writes and discards between them, and a zlib-compressed variant), then
+measures with a warm page cache, median of RUNS (default 5) runs each:
+
+  a. sequential 1 MiB reads (dd, O_DIRECT so every byte is served by the
+     file system under test) of active.raw and a snapshot view, against the
+     page-cache rate of the image file, qemu-storage-daemon's FUSE export,
+     qemu-nbd -l + nbdfuse, and qemu-img convert into null-co;
+  b. a second (buffered) read of a snapshot view;
+  c. cp -r of chain/ against the qemu-img routine that builds the same
+     reverse chain (verified equal with qemu-img compare);
+  d. ls -lR of a fresh mount against qemu-img check;
+  e. random 4 KiB reads from 4 threads (fio) against the qemu-storage-daemon
+     export;
+  f. peak RSS of the mount.
+
+Run as root from the repository: python3 bench/bench.py
+Needs qemu-utils, qemu-system-common (qemu-storage-daemon), libnbd-bin
+(nbdfuse), fio, fuse3. Environment: RUNS, WORKDIR, CACHE (mount cache size).
+"""
+
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "qcow2fs")
+RUNS = int(os.environ.get("RUNS", "5"))
+CACHE = os.environ.get("CACHE", "64M")
+GIB = 1 << 30
+MIB = 1 << 20
+SIZE = 2 * GIB
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw).stdout
+
+
+def qemu_io(img, cmds, fmt="qcow2"):
+    # qemu-io takes many -c commands in one run; keep batches moderate.
+    for i in range(0, len(cmds), 200):
+        args = ["qemu-io", "-f", fmt]
+        for c in cmds[i:i + 200]:
+            args += ["-c", c]
+        sh(*args, img)
+
+
+def extents(rng, share, align, lo=64 * 1024, hi=8 * MIB):
+    """Varied extents covering about `share` of the disk."""
+    out, total = [], 0
+    while total < share * SIZE:
+        length = max(align, (rng.randint(lo, hi) // align) * align)
+        off = (rng.randrange(0, SIZE - length) // align) * align
+        out.append((off, length))
+        total += length
+    return out
+
+
+def build(work):
+    rng = random.Random(42)
+    base = os.path.join(work, "images", "base.qcow2")
+    vm = os.path.join(work, "images", "vm.qcow2")
+    vmz = os.path.join(work, "images", "vmz.qcow2")
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    sh("qemu-img", "create", "-q", "-f", "qcow2", base, str(SIZE))
+    qemu_io(base, [f"write -P {i % 250 + 1} {o} {n}" for i, (o, n) in enumerate(extents(rng, 0.22, 4096))])
+    sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", vm)
+    zero = lambda: [f"write -z {o} {n}" for o, n in extents(rng, 0.02, 65536, hi=MIB)]
+    disc = lambda: [f"discard {o} {n}" for o, n in extents(rng, 0.02, 65536, hi=MIB)]
+    for s in range(3):
+        qemu_io(vm, [f"write -P {s * 40 + i % 40 + 1} {o} {n}" for i, (o, n) in enumerate(extents(rng, 0.06, 4096))] + zero() + disc())
+        sh("qemu-img", "snapshot", "-c", f"s{s + 1}", vm)
+    qemu_io(vm, [f"write -P 200 {o} {n}" for o, n in extents(rng, 0.04, 4096)])
+    # The compressed variant: compressed writes in whole clusters.
+    sh("qemu-img", "create", "-q", "-f", "qcow2", vmz, str(SIZE))
+    taken = set()
+    for s in range(3):
+        cmds = []
+        for o, n in extents(rng, 0.13, 65536, hi=2 * MIB):
+            for c in range(o, o + n, 65536):
+                if c not in taken:
+                    taken.add(c)
+                    cmds.append(f"write -c -P {s + 1} {c} 65536")
+        qemu_io(vmz, cmds)
+        sh("qemu-img", "snapshot", "-c", f"z{s + 1}", vmz)
+    return base, vm, vmz
+
+
+def median(fn):
+    times = []
+    for _ in range(RUNS):
+        times.append(fn())
+    return statistics.median(times)
+
+
+def timed(*args, **kw):
+    t = time.perf_counter()
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    return time.perf_counter() - t
+
+
+def dd(path, direct=True):
+    args = ["dd", f"if={path}", "of=/dev/null", "bs=1M"]
+    if direct:
+        args.append("iflag=direct")
+    return timed(*args)
+
+
+def is_mounted(mp):
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == mp for line in f)
+
+
+def wait_mounted(mp, timeout=30):
+    t = time.time()
+    while not is_mounted(mp):
+        if time.time() - t > timeout:
+            raise RuntimeError(f"{mp} never mounted")
+        time.sleep(0.05)
+
+
+class Mount:
+    """A foreground qcow2fs mount whose peak RSS we can read."""
+
+    def __init__(self, src, mp):
+        os.makedirs(mp, exist_ok=True)
+        self.mp = mp
+        self.proc = subprocess.Popen([BIN, "mount", "--cache-size", CACHE, src, mp])
+        MOUNTED.append(mp)
+        wait_mounted(mp)
+
+    def peak_rss(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+class Qsd:
+    """qemu-storage-daemon exporting an image's active state over FUSE."""
+
+    def __init__(self, img, target):
+        open(target, "w").close()
+        self.target = target
+        self.proc = subprocess.Popen([
+            "qemu-storage-daemon",
+            "--blockdev", f"driver=file,node-name=f,filename={img},read-only=on",
+            "--blockdev", "driver=qcow2,node-name=q,file=f,read-only=on",
+            "--export", f"type=fuse,id=e,node-name=q,mountpoint={target},writable=off",
+        ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        MOUNTED.append(target)
+        wait_mounted(target)
+
+    def stop(self):
+        # Unmount first: the daemon may not act on SIGTERM while its FUSE
+        # export is mounted.
+        subprocess.run(["umount", self.target], stderr=subprocess.DEVNULL)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Nbd:
+    """qemu-nbd -r -l snapshot.name=X behind nbdfuse."""
+
+    def __init__(self, img, snap, mp):
+        os.makedirs(mp, exist_ok=True)
+        self.mp = mp
+        self.proc = subprocess.Popen([
+            "nbdfuse", "-r", mp, "--socket-activation",
+            "qemu-nbd", "-r", "-f", "qcow2", "-l", f"snapshot.name={snap}", img,
+        ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        MOUNTED.append(mp)
+        wait_mounted(mp)
+        self.file = os.path.join(mp, "nbd")
+
+    def stop(self):
+        subprocess.run(["umount", self.mp])
+        self.proc.wait()
+
+
+def fio(path):
+    out = sh("fio", "--name=r", f"--filename={path}", "--rw=randread", "--bs=4k", "--direct=1",
+             "--numjobs=4", "--thread", "--group_reporting", "--time_based", "--runtime=5",
+             "--ioengine=psync", "--readonly", "--output-format=terse", "--terse-version=3")
+    # Terse v3: field 8 is read IOPS.
+    return float(out.strip().split(";")[7])
+
+
+def qemu_img_routine(vm, base, out):
+    """The reverse chain made with qemu-img alone, newest first."""
+    os.makedirs(out)
+    snaps = ["s3", "s2", "s1"]
+    sh("qemu-img", "convert", "-O", "qcow2", "-B", base, "-F", "qcow2", vm, os.path.join(out, "active.qcow2"))
+    newer = "active.qcow2"
+    for s in snaps:
+        tmp = os.path.join(out, f"tmp-{s}.qcow2")
+        layer = os.path.join(out, f"{s}.qcow2")
+        sh("qemu-img", "convert", "-O", "qcow2", "-l", f"snapshot.name={s}", "-B", base, "-F", "qcow2", vm, tmp)
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", tmp, "-F", "qcow2", layer)
+        sh("qemu-img", "rebase", "-f", "qcow2", "-b", newer, "-F", "qcow2", layer)
+        os.remove(tmp)
+        newer = f"{s}.qcow2"
+
+
+MOUNTED = []
+
+
+def cleanup():
+    """Unmount whatever a failed run left behind."""
+    for mp in MOUNTED:
+        subprocess.run(["umount", mp], stderr=subprocess.DEVNULL)
+
+
+def main():
+    import atexit
+    atexit.register(cleanup)
+    if os.geteuid() != 0:
+        sys.exit("run as root")
+    if not os.path.exists(BIN):
+        sh("cargo", "build", "--release", cwd=ROOT)
+    work = os.environ.get("WORKDIR") or tempfile.mkdtemp(prefix="qcow2fs-bench-", dir="/var/tmp")
+    print(f"building images in {work} ...", flush=True)
+    base, vm, vmz = build(work)
+    src = os.path.dirname(vm)
+    alloc = sh("qemu-img", "map", "--output=json", vm).count('"data": true')
+    info = sh("qemu-img", "info", vm).splitlines()
+    print("\n".join(l for l in info if "disk size" in l or "virtual size" in l))
+    results, checks = [], []
+
+    def report(name, value, unit, peer=None, peer_value=None, higher_better=True):
+        ratio = None
+        if peer_value:
+            ratio = value / peer_value if higher_better else peer_value / value
+        results.append((name, value, unit, peer, peer_value, ratio))
+        line = f"{name:<44} {value:>10.1f} {unit}"
+        if peer:
+            line += f"   {peer}: {peer_value:.1f} {unit}   ratio {ratio:.2f}x"
+        print(line, flush=True)
+        return ratio
+
+    def target(desc, ok):
+        checks.append((desc, ok))
+
+    mnt = os.path.join(work, "mnt")
+    m = Mount(src, mnt)
+    view = lambda *p: os.path.join(mnt, *p)
+    # Warm the page cache with the sources.
+    for f in (base, vm, vmz):
+        dd(f, direct=False)
+    mbps = lambda secs, n=SIZE: n / MIB / secs
+
+    cat = mbps(median(lambda: dd(vm, direct=False)), os.path.getsize(vm))
+    report("a. cat of vm.qcow2 (page cache)", cat, "MiB/s")
+    active = mbps(median(lambda: dd(view("vm.qcow2", "active.raw"))))
+    q = Qsd(vm, os.path.join(work, "qsd.raw"))
+    qsd = mbps(median(lambda: dd(q.target)))
+    r = report("a. active.raw, 1 MiB reads", active, "MiB/s", "qsd FUSE export", qsd)
+    target("active.raw >= 1.5x qemu-storage-daemon FUSE export", r >= 1.5)
+    snap = mbps(median(lambda: dd(view("vm.qcow2", "snapshots", "s2.raw"))))
+    n = Nbd(vm, "s2", os.path.join(work, "nbd"))
+    nbd = mbps(median(lambda: dd(n.file)))
+    n.stop()
+    r = report("a. snapshots/s2.raw, 1 MiB reads", snap, "MiB/s", "qemu-nbd -l + nbdfuse", nbd)
+    target("snapshot view >= 1.5x qemu-nbd + nbdfuse", r >= 1.5)
+    conv = mbps(median(lambda: timed("qemu-img", "convert", "-l", "snapshot.name=s2", vm, "-n",
+                                     "--target-image-opts", f"driver=null-co,size={SIZE}")))
+    report("a. snapshots/s2.raw vs qemu-img convert", snap, "MiB/s", "convert to null-co", conv)
+    zsnap = mbps(median(lambda: dd(view("vmz.qcow2", "snapshots", "z2.raw"))))
+    zconv = mbps(median(lambda: timed("qemu-img", "convert", "-l", "snapshot.name=z2", vmz, "-n",
+                                      "--target-image-opts", f"driver=null-co,size={SIZE}")))
+    r = report("a. zlib snapshot view", zsnap, "MiB/s", "convert to null-co", zconv)
+    target("zlib snapshot view >= 0.5x qemu-img convert to null-co", r >= 0.5)
+
+    second = view("vm.qcow2", "snapshots", "s1.raw")
+    def second_read():
+        dd(second, direct=False)
+        return dd(second, direct=False)
+    sec = mbps(median(second_read))
+    r = report("b. second read of snapshots/s1.raw", sec, "MiB/s", "cat (page cache)", cat)
+    target("second read >= 50% of the page-cache cat rate", r >= 0.5)
+
+    def cp_chain():
+        dest = os.path.join(work, "cp-chain")
+        shutil.rmtree(dest, ignore_errors=True)
+        return timed("cp", "-r", view("vm.qcow2", "chain"), dest)
+    cp_t = median(cp_chain)
+    def routine():
+        dest = os.path.join(work, "routine")
+        shutil.rmtree(dest, ignore_errors=True)
+        t = time.perf_counter()
+        qemu_img_routine(vm, base, dest)
+        return time.perf_counter() - t
+    rt_t = median(routine)
+    for ours, theirs in [("vm_active.qcow2", "active.qcow2"), ("vm_snapshot[2].qcow2", "s3.qcow2"),
+                         ("vm_snapshot[1].qcow2", "s2.qcow2"), ("vm_snapshot[0].qcow2", "s1.qcow2")]:
+        sh("qemu-img", "compare", "-q", os.path.join(work, "cp-chain", ours), os.path.join(work, "routine", theirs))
+    r = report("c. cp -r chain/ (verified equal)", cp_t, "s", "qemu-img routine", rt_t, higher_better=False)
+    target("cp -r chain/ >= 3x faster than the qemu-img routine", r >= 3)
+
+    q.stop()
+    peak = m.peak_rss()
+    m.stop()
+
+    def fresh_ls():
+        mp = os.path.join(work, "mnt-ls")
+        mm = Mount(src, mp)
+        t = timed("ls", "-lR", mp)
+        mm.stop()
+        return t
+    ls_t = median(fresh_ls)
+    # The mount shows every image of the folder (base, vm, vmz): compare
+    # with qemu-img check of each of them.
+    chk = median(lambda: sum(timed("qemu-img", "check", i) for i in (base, vm, vmz)))
+    r = report("d. ls -lR of a fresh mount (3 images)", ls_t * 1000, "ms", "qemu-img check of each", chk * 1000,
+               higher_better=False)
+    target("ls -lR <= 2x qemu-img check", ls_t <= 2 * chk)
+
+    m = Mount(src, mnt)
+    q = Qsd(vm, os.path.join(work, "qsd.raw"))
+    ours_iops = statistics.median([fio(view("vm.qcow2", "active.raw")) for _ in range(RUNS)])
+    qsd_iops = statistics.median([fio(q.target) for _ in range(RUNS)])
+    q.stop()
+    r = report("e. random 4 KiB reads, 4 threads", ours_iops, "IOPS", "qsd FUSE export", qsd_iops)
+    target("random 4 KiB reads >= 1.0x qemu-storage-daemon export", r >= 1.0)
+    peak = max(peak, m.peak_rss())
+    m.stop()
+    cache = int(CACHE.rstrip("M")) * MIB
+    report("f. peak RSS of the mount", peak / MIB, "MiB")
+    target(f"peak RSS <= 64 MiB + cache ({CACHE})", peak <= 64 * MIB + cache)
+
+    print()
+    for desc, ok in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {desc}")
+    if not os.environ.get("WORKDIR"):
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
