@@ -22,6 +22,10 @@ const L2E_STD_RESERVED_MASK: u64 = 0x3f00_0000_0000_01fe;
 const REFT_RESERVED_MASK: u64 = 0x1ff;
 /// Bound on the messages kept; counts go on past it.
 const MAX_MESSAGES: usize = 1000;
+/// Bound on the L2 entries one check visits (2^30, a few seconds of work):
+/// past it the check stops as incomplete rather than spin on a crafted
+/// image whose snapshot tables all point at the same huge tables.
+pub const MAX_CHECK_L2_ENTRIES: u64 = 1 << 30;
 
 /// Figures about one state's tables.
 #[derive(Clone, Debug, Default)]
@@ -130,6 +134,8 @@ struct Walk<'a> {
     refcount_max: u64,
     /// References counted per host cluster.
     refs: Vec<u64>,
+    /// L2 entries visited so far.
+    visited: u64,
     report: CheckReport,
 }
 
@@ -194,6 +200,7 @@ impl Walk<'_> {
             }
         };
         fig.l1_size = l1_size;
+        let mut walked: std::collections::HashSet<u64> = std::collections::HashSet::new();
         for (i, &entry) in l1.iter().enumerate() {
             if entry & L1E_RESERVED_MASK != 0 {
                 self.report.corruptions += 1;
@@ -215,6 +222,27 @@ impl Walk<'_> {
                 self.report.say(format!(
                     "ERROR l2_offset={l2_offset:x}: Table is not cluster aligned; L1 entry corrupted"
                 ));
+            }
+            if !walked.insert(l2_offset) {
+                // Counted above; walking it again would only repeat the work.
+                fig.l1_invalid += 1;
+                self.report.corruptions += 1;
+                if self.report.messages.len() < MAX_MESSAGES {
+                    self.report.say(format!(
+                        "ERROR l2_offset={l2_offset:x}: L2 table referenced twice by one L1 table (entry {i})"
+                    ));
+                }
+                continue;
+            }
+            self.visited += self.image.header().l2_entries();
+            if self.visited > MAX_CHECK_L2_ENTRIES {
+                if self.visited - self.image.header().l2_entries() <= MAX_CHECK_L2_ENTRIES {
+                    self.report.check_errors += 1;
+                    self.report.say(format!(
+                        "check stopped: more than {MAX_CHECK_L2_ENTRIES} L2 entries to visit"
+                    ));
+                }
+                continue;
             }
             self.l2(fig, l2_offset, i, active, &mut data);
         }
@@ -395,6 +423,7 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
         file_len,
         refcount_max,
         refs: vec![0; nb_clusters],
+        visited: 0,
         report: CheckReport {
             total_clusters: h.size.div_ceil(cluster_size),
             ..CheckReport::default()
@@ -534,9 +563,11 @@ fn check_oflag_copied(image: &Image, refcounts: &Refcounts, report: &mut CheckRe
         return;
     }
     let stride = if h.extended_l2() { 2 } else { 1 };
+    let mut walked: std::collections::HashSet<u64> = std::collections::HashSet::new();
     for (i, &l1_entry) in image.active_l1().iter().enumerate() {
         let l2_offset = l1_entry & L1E_OFFSET_MASK;
-        if l2_offset == 0 {
+        // A table met twice was reported by the reference walk.
+        if l2_offset == 0 || !walked.insert(l2_offset) {
             continue;
         }
         let Ok(rc) = refcounts.get(l2_offset >> h.cluster_bits) else {

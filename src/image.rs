@@ -239,6 +239,7 @@ impl Image {
             StateId::Active => (Arc::clone(&self.active_l1), self.header.size),
             StateId::Snapshot(i) => (Arc::new(self.snapshot_l1(i)?), self.snapshot(i)?.disk_size),
         };
+        check_l1_distinct(&l1, which)?;
         Ok(State {
             image: Arc::clone(self),
             which,
@@ -311,6 +312,32 @@ impl Image {
     pub fn data_file_raw(&self) -> bool {
         self.header.autoclear_features & AUTOCLEAR_DATA_FILE_RAW != 0
     }
+}
+
+/// One L1 table may not point two entries at the same L2 table. Besides
+/// being a corruption, it is what a crafted image uses to make a small file
+/// describe an endless disk: with every L2 table met once per state, the
+/// work of walking a state is bounded by the file's size.
+fn check_l1_distinct(l1: &[u64], which: StateId) -> Result<()> {
+    let mut seen: Vec<(u64, usize)> = l1
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e & cluster::L1E_OFFSET_MASK, i))
+        .filter(|(o, _)| *o != 0)
+        .collect();
+    seen.sort_unstable();
+    for w in seen.windows(2) {
+        if w[0].0 == w[1].0 {
+            return Err(Error::corrupt(
+                format!("L1 table of {which:?}"),
+                format!(
+                    "entries {} and {} both point to the L2 table at {:#x}",
+                    w[0].1, w[1].1, w[0].0
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn resolve_name(dir: &Path, name: &str) -> PathBuf {

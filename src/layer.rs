@@ -28,6 +28,10 @@ use crate::header::{CompressionType, QCOW2_MAGIC};
 use crate::image::{Mapping, State};
 use crate::view::{Extent, View, all_data, clip};
 
+/// Most runs a cluster map may hold (2^22 runs, 96 MiB): a state more
+/// fragmented than that is refused rather than planned without bound.
+pub const MAX_MAP_RUNS: usize = 1 << 22;
+
 /// Refcount width of generated layers (16 bits, QEMU's default).
 const LAYER_REFCOUNT_ORDER: u32 = 4;
 /// Header length of generated layers (v3 with the compression type byte).
@@ -62,7 +66,7 @@ struct OwnRun {
 
 /// Append `n` clusters from `start`, merging with the last run when it
 /// continues it (host offsets advancing a cluster per cluster).
-fn push_own(out: &mut Vec<OwnRun>, start: u64, n: u64, own: Own, cs: u64) {
+fn push_own(out: &mut Vec<OwnRun>, start: u64, n: u64, own: Own, cs: u64) -> Result<()> {
     if let Some(last) = out.last_mut()
         && last.start + last.count == start
     {
@@ -73,14 +77,22 @@ fn push_own(out: &mut Vec<OwnRun>, start: u64, n: u64, own: Own, cs: u64) {
         };
         if merge {
             last.count += n;
-            return;
+            return Ok(());
         }
+    }
+    if out.len() >= MAX_MAP_RUNS {
+        return Err(Error::TooLarge {
+            what: "extents of one state (too fragmented to plan a layer)",
+            value: out.len() as u64 + 1,
+            limit: MAX_MAP_RUNS as u64,
+        });
     }
     out.push(OwnRun {
         start,
         count: n,
         own,
     });
+    Ok(())
 }
 
 /// The per-cluster mapping of a state, as runs of clusters. A cluster not
@@ -100,9 +112,9 @@ fn own_runs(x: &State, cluster_bits: u32) -> Result<Vec<OwnRun>> {
             if off == cstart && end >= cend {
                 let n = (end - off) >> cluster_bits;
                 match run.mapping {
-                    Mapping::Unallocated => push_own(&mut out, c, n, Own::Backing, cs),
-                    Mapping::Zero => push_own(&mut out, c, n, Own::Zero, cs),
-                    Mapping::Data(h) => push_own(&mut out, c, n, Own::Host(h.0 + (off - pos)), cs),
+                    Mapping::Unallocated => push_own(&mut out, c, n, Own::Backing, cs)?,
+                    Mapping::Zero => push_own(&mut out, c, n, Own::Zero, cs)?,
+                    Mapping::Data(h) => push_own(&mut out, c, n, Own::Host(h.0 + (off - pos)), cs)?,
                     Mapping::Compressed { host, len, .. } => {
                         for k in 0..n {
                             push_own(
@@ -111,7 +123,7 @@ fn own_runs(x: &State, cluster_bits: u32) -> Result<Vec<OwnRun>> {
                                 1,
                                 Own::Compressed { host: host.0, len },
                                 cs,
-                            );
+                            )?;
                         }
                     }
                 }
@@ -119,7 +131,7 @@ fn own_runs(x: &State, cluster_bits: u32) -> Result<Vec<OwnRun>> {
             } else {
                 let covered = out.last().is_some_and(|l| l.start + l.count > c);
                 if !covered {
-                    push_own(&mut out, c, 1, Own::Mixed, cs);
+                    push_own(&mut out, c, 1, Own::Mixed, cs)?;
                 }
                 off = end.min(cend);
             }

@@ -30,6 +30,11 @@ pub struct MountArgs {
     /// Follow backing files that lie outside IMAGE_DIR.
     #[arg(long)]
     pub allow_outside_backing: bool,
+    /// Serve active.raw and the layers built on the active state even of
+    /// images a running VM has open for writing (refused with EBUSY
+    /// otherwise; snapshot views are always served).
+    #[arg(long)]
+    pub force_share: bool,
     /// Threads serving requests.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
@@ -177,6 +182,7 @@ pub fn mount(args: &MountArgs) -> Result<(), MountError> {
         &TreeOptions {
             cache_bytes: args.cache_size,
             allow_outside_backing: args.allow_outside_backing,
+            force_share: args.force_share,
         },
     )
     .map_err(|e| MountError(e.to_string()))?;

@@ -48,7 +48,11 @@ fn stem(name: &str) -> String {
 
 /// The file stem of every snapshot, in table order, unique within the image.
 pub fn snapshot_stems(snapshots: &[Snapshot]) -> Vec<String> {
-    let count = |n: &str| snapshots.iter().filter(|s| s.name == n).count();
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for s in snapshots {
+        *counts.entry(s.name.as_str()).or_default() += 1;
+    }
+    let count = |n: &str| counts.get(n).copied().unwrap_or(0);
     let mut out: Vec<Option<String>> = snapshots
         .iter()
         .map(|s| (is_safe(&s.name) && count(&s.name) == 1).then(|| s.name.clone()))

@@ -32,6 +32,10 @@ pub const ROOT_INO: u64 = 1;
 /// Bytes of a view scanned per step when seeking data or holes, bounding
 /// the memory an extent list takes.
 const SEEK_WINDOW: u64 = 1 << 30;
+/// Bytes one SEEK_DATA/SEEK_HOLE scans at most (1 TiB). Past it the rest is
+/// reported as data, which lseek allows, so a crafted disk of petabytes
+/// cannot make one request spin.
+const MAX_SEEK_SCAN: u64 = 1 << 40;
 
 /// What a snapshot is, independent of its position in the table: the same
 /// key after a reopen means the same snapshot.
@@ -304,6 +308,9 @@ pub struct TreeOptions {
     pub cache_bytes: u64,
     /// Follow backing files outside IMAGE_DIR.
     pub allow_outside_backing: bool,
+    /// Serve the active state of images another program has open for
+    /// writing (their bytes may change under the reader).
+    pub force_share: bool,
 }
 
 /// A file node resolved to the view that serves it, and the opening of the
@@ -324,6 +331,7 @@ pub struct Tree {
     images: Mutex<HashMap<PathBuf, Arc<ImageEntry>>>,
     handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
     next_fh: AtomicU64,
+    force_share: bool,
 }
 
 impl Tree {
@@ -350,6 +358,7 @@ impl Tree {
             images: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            force_share: t.force_share,
         })
     }
 
@@ -751,6 +760,7 @@ impl Tree {
             }
             Node::Active(rel) => {
                 let e = self.entry(rel)?;
+                self.refuse_in_use(rel)?;
                 Ok((e.state(StateId::Active)?, Some(e)))
             }
             Node::Snap(rel, key) => {
@@ -765,6 +775,9 @@ impl Tree {
             }
             Node::Layer(rel, dir, key) => {
                 let e = self.entry(rel)?;
+                if key.x == StateKey::Active || key.y == Some(StateKey::Active) {
+                    self.refuse_in_use(rel)?;
+                }
                 let spec = e.spec(*dir, key)?;
                 Ok((e.layer(&spec)?, Some(e)))
             }
@@ -787,7 +800,13 @@ impl Tree {
     /// cached pages (true for views that never change while they exist).
     pub fn open(&self, ino: u64) -> Result<(u64, bool)> {
         let node = self.node(ino)?;
-        let (view, entry) = self.view(&node)?;
+        let (view, entry) = self.view(&node).inspect_err(|e| match image_of(&node) {
+            Some(rel) => match self.images.lock().get(rel) {
+                Some(entry) => entry.log_once(&self.root.join(rel), e),
+                None => log::warn!("{}: {e}", rel.display()),
+            },
+            None => log::warn!("{node:?}: {e}"),
+        })?;
         // Snapshot views and layers built only from snapshots never change
         // while they exist.
         let keep = match &node {
@@ -820,6 +839,16 @@ impl Tree {
     /// The handle's view, re-resolved if its image changed since it was
     /// opened. A snapshot deleted meanwhile is an error: its clusters may
     /// have been reused.
+    /// Views of the active state of an image a running VM has open for
+    /// writing are served only with --force-share; snapshot views always are.
+    fn refuse_in_use(&self, rel: &Path) -> Result<()> {
+        let path = self.root.join(rel);
+        if !self.force_share && crate::lock::in_use(&path) {
+            return Err(Error::InUse { path });
+        }
+        Ok(())
+    }
+
     /// True when the image at `rel` is still the version `e` opened (one
     /// stat; resolution and the IMAGE_DIR check happen on a mismatch).
     fn unchanged(&self, e: &ImageEntry, rel: &Path) -> bool {
@@ -885,6 +914,9 @@ impl Tree {
         let size = view.size();
         let mut pos = offset;
         while pos < size {
+            if pos - offset >= MAX_SEEK_SCAN {
+                return Ok(Some(if data { pos } else { size }));
+            }
             for e in view.extents(pos, SEEK_WINDOW)? {
                 let is_data = e.kind == ExtentKind::Data;
                 if is_data == data {

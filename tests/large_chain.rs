@@ -42,6 +42,7 @@ fn stat_of_every_layer_is_metadata_only() {
         &TreeOptions {
             cache_bytes: 64 << 20,
             allow_outside_backing: false,
+            force_share: false,
         },
     )
     .unwrap();

@@ -201,7 +201,7 @@ _qcow2fs() {
             return 0
             ;;
         qcow2fs__subcmd__mount)
-            opts="-o -h --daemon --cache-size --allow-outside-backing --threads --help"
+            opts="-o -h --daemon --cache-size --allow-outside-backing --force-share --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -42,6 +42,7 @@ complete -c qcow2fs -n "__fish_qcow2fs_using_subcommand mount" -l cache-size -d 
 complete -c qcow2fs -n "__fish_qcow2fs_using_subcommand mount" -l threads -d 'Threads serving requests' -r
 complete -c qcow2fs -n "__fish_qcow2fs_using_subcommand mount" -l daemon -d 'Detach once the mount is ready'
 complete -c qcow2fs -n "__fish_qcow2fs_using_subcommand mount" -l allow-outside-backing -d 'Follow backing files that lie outside IMAGE_DIR'
+complete -c qcow2fs -n "__fish_qcow2fs_using_subcommand mount" -l force-share -d 'Serve active.raw and the layers built on the active state even of images a running VM has open for writing (refused with EBUSY otherwise; snapshot views are always served)'
 complete -c qcow2fs -n "__fish_qcow2fs_using_subcommand mount" -s h -l help -d 'Print help'
 complete -c qcow2fs -n "__fish_qcow2fs_using_subcommand export" -l reverse -d 'Reverse chain, as in chain/ (the default)'
 complete -c qcow2fs -n "__fish_qcow2fs_using_subcommand export" -l forward -d 'Forward chain, as in forward/'
