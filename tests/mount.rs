@@ -38,11 +38,7 @@ fn tree_mirrors_the_folder_and_views_equal_qemu_img() {
     );
     // A qcow2 file is known by its magic, not its name.
     assert!(m.path("sub/deeper/copy.img").is_dir());
-    let mut names: Vec<String> = std::fs::read_dir(m.path("vm.qcow2"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
+    let names = names_in(&m.path("vm.qcow2"));
     assert_eq!(
         names,
         [
@@ -54,11 +50,7 @@ fn tree_mirrors_the_folder_and_views_equal_qemu_img() {
             "snapshots"
         ]
     );
-    let mut snaps: Vec<String> = std::fs::read_dir(m.path("vm.qcow2/snapshots"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    snaps.sort();
+    let snaps = names_in(&m.path("vm.qcow2/snapshots"));
     assert_eq!(snaps, ["aaa.raw", "bbb.raw"]);
 
     assert!(
@@ -181,11 +173,7 @@ fn snapshot_names_follow_the_rule() {
         snapshot(&img, name);
     }
     let m = Mount::new(&src, &at(d.path(), "mnt"), &[]);
-    let mut snaps: Vec<String> = std::fs::read_dir(m.path("n.qcow2/snapshots"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    snaps.sort();
+    let snaps = names_in(&m.path("n.qcow2/snapshots"));
     assert_eq!(
         snaps,
         ["active.id3.raw", "dup.id1.raw", "dup.id2.raw", "ok.raw"]

@@ -167,22 +167,7 @@ fn snapshot_taken_before_resize() {
 #[test]
 fn backing_chains_two_levels_deep() {
     let d = scratch();
-    let raw = at(d.path(), "base.raw");
-    std::fs::write(&raw, vec![0x99u8; 3 << 20]).unwrap();
-    let mid = at(d.path(), "mid.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.raw",
-        "-F",
-        "raw",
-        mid.to_str().unwrap(),
-        "6M",
-    ]);
-    qemu_io(&mid, "qcow2", &["write -P 0xa1 1M 512k", "write -z 0 64k"]);
+    make_base_and_mid(d.path());
     let top = at(d.path(), "top.qcow2");
     qemu_img(&[
         "create",

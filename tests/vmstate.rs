@@ -92,11 +92,7 @@ fn vm_state_equals_what_qemu_saved() {
 
     // Through the mount: a .vmstate file only where a snapshot saved state.
     let m = Mount::new(&src, &d.path().join("mnt"), &[]);
-    let mut names: Vec<String> = std::fs::read_dir(m.path("vm.qcow2/snapshots"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
+    let names = names_in(&m.path("vm.qcow2/snapshots"));
     assert_eq!(
         names,
         [

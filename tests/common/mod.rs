@@ -201,23 +201,7 @@ pub fn qcow2fs(args: &[&str]) -> (i32, String, String) {
 /// zero writes, discards, compressed clusters, and a snapshot taken before
 /// a resize.
 pub fn build_chain_image(dir: &Path, name: &str, opts: &str) -> std::path::PathBuf {
-    std::fs::write(dir.join("base.raw"), vec![0x99u8; 3 << 20]).unwrap();
-    let mid = dir.join("mid.qcow2");
-    if !mid.exists() {
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.raw",
-            "-F",
-            "raw",
-            mid.to_str().unwrap(),
-            "6M",
-        ]);
-        qemu_io(&mid, "qcow2", &["write -P 0xa1 1M 512k", "write -z 0 64k"]);
-    }
+    make_base_and_mid(dir);
     let img = dir.join(name);
     let mut o = String::from(opts);
     if !o.is_empty() {
@@ -391,4 +375,36 @@ pub fn state_id(image: &qcow2fs::Image, w: qcow2fs::StateId) -> Option<String> {
         qcow2fs::StateId::Active => None,
         qcow2fs::StateId::Snapshot(i) => Some(image.snapshots()[i].id.clone()),
     }
+}
+
+/// `dir/base.raw` (3 MiB of 0x99) and `dir/mid.qcow2`, a 6 MiB qcow2 over it
+/// with some writes: a two-level backing chain.
+pub fn make_base_and_mid(dir: &Path) {
+    std::fs::write(dir.join("base.raw"), vec![0x99u8; 3 << 20]).unwrap();
+    let mid = dir.join("mid.qcow2");
+    if !mid.exists() {
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            mid.to_str().unwrap(),
+            "6M",
+        ]);
+        qemu_io(&mid, "qcow2", &["write -P 0xa1 1M 512k", "write -z 0 64k"]);
+    }
+}
+
+/// The sorted names in a folder.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
 }
