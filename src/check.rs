@@ -132,8 +132,9 @@ struct Walk<'a> {
     cluster_size: u64,
     file_len: u64,
     refcount_max: u64,
-    /// References counted per host cluster.
-    refs: Vec<u64>,
+    /// References counted per host cluster (4 bytes per cluster of the
+    /// file: the check's memory bound).
+    refs: Vec<u32>,
     /// L2 entries visited so far.
     visited: u64,
     report: CheckReport,
@@ -160,7 +161,7 @@ impl Walk<'_> {
             if k >= self.refs.len() {
                 self.refs.resize(k + 1, 0);
             }
-            if self.refs[k] >= self.refcount_max {
+            if u64::from(self.refs[k]) >= self.refcount_max.min(u64::from(u32::MAX)) {
                 self.report.corruptions += 1;
                 self.report.say(format!(
                     "ERROR: overflow cluster offset={:#x}",
@@ -502,7 +503,7 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
         if offset != 0 {
             w.report.reftable_used += 1;
             w.inc(offset, cluster_size);
-            let counted = w.refs[cluster as usize];
+            let counted = u64::from(w.refs[cluster as usize]);
             if counted != 1 {
                 w.report.corruptions += 1;
                 w.report
@@ -514,7 +515,7 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
     // Compare the counted references with the stored refcounts.
     let refs = std::mem::take(&mut w.refs);
     let mut highest = 0u64;
-    for (i, &counted) in refs.iter().enumerate() {
+    for (i, counted) in refs.iter().map(|&c| u64::from(c)).enumerate() {
         let stored = match refcounts.get(i as u64) {
             Ok(r) => r,
             Err(e) => {

@@ -188,17 +188,6 @@ impl L2Entry {
             }
         }
     }
-
-    /// True for entries that own a host cluster for their data (what qemu-img
-    /// check counts as an allocated cluster).
-    pub fn is_allocated(&self) -> bool {
-        match self {
-            L2Entry::Unallocated => false,
-            L2Entry::Zero { host } => host.is_some(),
-            L2Entry::Data { .. } | L2Entry::Compressed { .. } => true,
-            L2Entry::Subclusters { host, .. } => host.is_some(),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::cache::Caches;
 use crate::cluster::{self, CompressedGeometry, L2Entry, SUBCLUSTERS, SubclusterKind};
 use crate::compress::decompress;
 use crate::error::{Error, Result};
-use crate::header::{AUTOCLEAR_DATA_FILE_RAW, Header, INCOMPAT_DATA_FILE, QCOW2_MAGIC};
+use crate::header::{Header, INCOMPAT_DATA_FILE, QCOW2_MAGIC};
 use crate::offsets::{GuestOffset, HostOffset};
 use crate::snapshot::{Snapshot, read_snapshots};
 use crate::source::SourceFile;
@@ -306,11 +306,6 @@ impl Image {
                 host.0,
             )
         })
-    }
-
-    /// Whether the external data file is raw (guest offset = host offset).
-    pub fn data_file_raw(&self) -> bool {
-        self.header.autoclear_features & AUTOCLEAR_DATA_FILE_RAW != 0
     }
 }
 

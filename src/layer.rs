@@ -393,11 +393,6 @@ impl Layer {
         Ok(b)
     }
 
-    /// Number of clusters that hold data (or compressed data).
-    pub fn data_clusters(&self) -> u64 {
-        self.total_clusters - self.data_offset / (1 << self.cluster_bits)
-    }
-
     /// The plan run holding guest cluster `c`.
     fn run_of(&self, c: u64) -> Option<&PlanRun> {
         let i = self.plan.partition_point(|r| r.start + r.count <= c);
