@@ -208,17 +208,7 @@ fn backing_loop_is_an_error() {
     let a = at(d.path(), "a.qcow2");
     let b = at(d.path(), "b.qcow2");
     create(&a, "4M", "");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "a.qcow2",
-        "-F",
-        "qcow2",
-        b.to_str().unwrap(),
-    ]);
+    overlay(&b, "a.qcow2", "qcow2", None);
     qemu_img(&[
         "rebase",
         "-u",

@@ -74,18 +74,7 @@ fn a_raw_backing_file_that_looks_like_qcow2_is_read_as_raw() {
     create(&fake, "4M", "");
     qemu_io(&fake, "qcow2", &["write -P 0x66 0 1M"]);
     let top = src.join("top.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "disk.raw",
-        "-F",
-        "raw",
-        top.to_str().unwrap(),
-        "4M",
-    ]);
+    overlay(&top, "disk.raw", "raw", Some("4M"));
     let m = Mount::new(&src, &d.path().join("mnt"), &[]);
     // The overlay reads the file's own bytes (a qcow2 header), as qemu-img does.
     let active = std::fs::read(m.path("top.qcow2/active.raw")).unwrap();

@@ -229,17 +229,7 @@ fn unreadable_images_show_only_info_and_others_are_served() {
     let outside = at(d.path(), "outside.raw");
     std::fs::write(&outside, vec![0x5au8; 1 << 20]).unwrap();
     let leak = at(&src, "leak.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        outside.to_str().unwrap(),
-        "-F",
-        "raw",
-        leak.to_str().unwrap(),
-    ]);
+    overlay(&leak, outside.to_str().unwrap(), "raw", None);
 
     let m = Mount::new(&src, &at(d.path(), "mnt"), &[]);
     let names: Vec<String> = std::fs::read_dir(m.path("bad.qcow2"))

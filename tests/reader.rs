@@ -169,35 +169,14 @@ fn backing_chains_two_levels_deep() {
     let d = scratch();
     make_base_and_mid(d.path());
     let top = at(d.path(), "top.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "mid.qcow2",
-        "-F",
-        "qcow2",
-        top.to_str().unwrap(),
-        "8M",
-    ]);
+    overlay(&top, "mid.qcow2", "qcow2", Some("8M"));
     qemu_io(&top, "qcow2", &["write -P 0xa2 1200k 64k"]);
     snapshot(&top, "s1");
     qemu_io(&top, "qcow2", &["write -P 0xa3 0 32k", "write -z 2M 128k"]);
     assert_states_match(d.path(), &top);
     // A backing file with no format recorded is probed.
     let probed = at(d.path(), "probed.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "mid.qcow2",
-        "-F",
-        "qcow2",
-        probed.to_str().unwrap(),
-    ]);
+    overlay(&probed, "mid.qcow2", "qcow2", None);
     forget_backing_format(&probed);
     assert_states_match(d.path(), &probed);
 }
@@ -208,17 +187,7 @@ fn missing_backing_file_is_an_error_when_read() {
     let base = at(d.path(), "gone.qcow2");
     create(&base, "4M", "");
     let top = at(d.path(), "orphan.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "gone.qcow2",
-        "-F",
-        "qcow2",
-        top.to_str().unwrap(),
-    ]);
+    overlay(&top, "gone.qcow2", "qcow2", None);
     qemu_io(&top, "qcow2", &["write -P 0x10 0 64k"]);
     std::fs::remove_file(&base).unwrap();
     let image = qcow2fs::Image::open(&top, &qcow2fs::OpenOptions::new(1 << 20)).unwrap();

@@ -53,6 +53,15 @@ pub fn create(path: &Path, size: &str, opts: &str) {
     }
 }
 
+/// Create a qcow2 overlay at `path` on `backing` (as named in the overlay)
+/// of format `fmt`, with its own size or the backing file's.
+pub fn overlay(path: &Path, backing: &str, fmt: &str, size: Option<&str>) {
+    let p = path.to_str().unwrap();
+    let mut args = vec!["create", "-q", "-f", "qcow2", "-b", backing, "-F", fmt, p];
+    args.extend(size);
+    qemu_img(&args);
+}
+
 /// Take an internal snapshot.
 pub fn snapshot(path: &Path, name: &str) {
     qemu_img(&["snapshot", "-c", name, path.to_str().unwrap()]);
