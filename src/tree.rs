@@ -173,10 +173,22 @@ struct ImageEntry {
     layers: Mutex<HashMap<LayerSpec, Arc<Layer>>>,
     maps: Mutex<HashMap<StateId, Arc<ClusterMap>>>,
     manifests: Mutex<HashMap<Direction, Arc<Vec<u8>>>>,
+    backing_files: OnceLock<Vec<PathBuf>>,
     logged: AtomicBool,
 }
 
 impl ImageEntry {
+    /// The files of the image's backing chain, as resolved at this opening.
+    fn backing_files(&self) -> &[PathBuf] {
+        self.backing_files.get_or_init(|| match &self.image {
+            Ok(img) => chain::passthrough(img)
+                .into_iter()
+                .map(|p| p.path)
+                .collect(),
+            Err(_) => Vec::new(),
+        })
+    }
+
     fn image(&self) -> Result<&Arc<Image>> {
         self.image
             .as_ref()
@@ -330,6 +342,9 @@ pub struct Tree {
     inodes: Mutex<(HashMap<Node, u64>, Vec<Node>)>,
     images: Mutex<HashMap<PathBuf, Arc<ImageEntry>>>,
     handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
+    /// Per file inode, the stamps of its sources at its last open: the
+    /// kernel's cached pages of the file hold bytes of that version.
+    cached: Mutex<HashMap<u64, Vec<Stamp>>>,
     next_fh: AtomicU64,
     force_share: bool,
 }
@@ -357,6 +372,7 @@ impl Tree {
             )),
             images: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
+            cached: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             force_share: t.force_share,
         })
@@ -443,6 +459,7 @@ impl Tree {
             layers: Mutex::new(HashMap::new()),
             maps: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
+            backing_files: OnceLock::new(),
             logged: AtomicBool::new(false),
         });
         if let Err(e) = &entry.image {
@@ -797,7 +814,7 @@ impl Tree {
     }
 
     /// Open file `ino`; returns the handle and whether the kernel may keep
-    /// cached pages (true for views that never change while they exist).
+    /// the pages it cached of this file at earlier opens.
     pub fn open(&self, ino: u64) -> Result<(u64, bool)> {
         let node = self.node(ino)?;
         let (view, entry) = self.view(&node).inspect_err(|e| match image_of(&node) {
@@ -808,17 +825,49 @@ impl Tree {
             None => log::warn!("{node:?}: {e}"),
         })?;
         // Snapshot views and layers built only from snapshots never change
-        // while they exist.
-        let keep = match &node {
+        // while they exist; any other file keeps its pages while every file
+        // its bytes come from is the version it was last opened at.
+        let immutable = match &node {
             Node::Snap(..) | Node::VmState(..) => true,
             Node::Layer(_, _, k) => k.x != StateKey::Active && k.y != Some(StateKey::Active),
             _ => false,
+        };
+        let stamps = self.source_stamps(&node, entry.as_deref());
+        let unchanged = {
+            let mut cached = self.cached.lock();
+            let same = stamps.is_some() && cached.get(&ino) == stamps.as_ref();
+            match stamps {
+                Some(s) => cached.insert(ino, s),
+                None => cached.remove(&ino),
+            };
+            same
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
             .insert(fh, Arc::new(Mutex::new(Handle { node, view, entry })));
-        Ok((fh, keep))
+        Ok((fh, immutable || unchanged))
+    }
+
+    /// The stamps of the files a node's bytes are read from: the image and
+    /// its backing files, or the plain file itself. None when one of them
+    /// cannot be examined, and for `info`, which also reports whether the
+    /// image is in use.
+    fn source_stamps(&self, node: &Node, entry: Option<&ImageEntry>) -> Option<Vec<Stamp>> {
+        let stamp = |p: &Path| std::fs::metadata(p).ok().map(|m| Stamp::of(&m));
+        match (node, entry) {
+            (Node::Info(..), _) => None,
+            (Node::Plain(rel), _) => Some(vec![stamp(&self.root.join(rel))?]),
+            (Node::Pass(.., path), _) => Some(vec![stamp(path)?]),
+            (_, Some(e)) => {
+                let mut out = vec![e.stamp];
+                for p in e.backing_files() {
+                    out.push(stamp(p)?);
+                }
+                Some(out)
+            }
+            (_, None) => None,
+        }
     }
 
     /// Forget an open handle.

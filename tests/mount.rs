@@ -471,3 +471,85 @@ fn symlinks_stay_inside_and_mount_options_apply() {
     assert_ne!(code, 0);
     assert!(err.contains("unknown mount option 'frobnicate'"), "{err}");
 }
+
+/// Bytes of `path` in the page cache, as fincore (which opens the file, so
+/// the mount decides at that open whether earlier pages stay) reports them.
+fn resident(path: &Path) -> u64 {
+    let out = run(
+        "fincore",
+        &["-b", "-n", "-o", "RES", path.to_str().unwrap()],
+    );
+    out.trim().parse().expect("fincore prints a byte count")
+}
+
+#[test]
+fn cached_pages_are_kept_only_while_every_source_is_unchanged() {
+    let d = scratch();
+    let src = at(d.path(), "images");
+    std::fs::create_dir_all(&src).unwrap();
+    let base = at(&src, "base.qcow2");
+    create(&base, "8M", "");
+    qemu_io(&base, "qcow2", &["write -P 0x01 0 8M"]);
+    let img = at(&src, "vm.qcow2");
+    overlay(&img, "base.qcow2", "qcow2", None);
+    qemu_io(&img, "qcow2", &["write -P 0x02 0 1M"]);
+    snapshot(&img, "aaa");
+    qemu_io(&img, "qcow2", &["write -P 0x03 1M 1M"]);
+    let plain = at(&src, "notes.bin");
+    std::fs::write(&plain, vec![0x04u8; 1 << 20]).unwrap();
+
+    let m = Mount::new(&src, &at(d.path(), "mnt"), &[]);
+    let files = [
+        "vm.qcow2/active.raw",
+        "vm.qcow2/chain/vm_active.qcow2",
+        "vm.qcow2/chain/base.qcow2",
+        "notes.bin",
+    ];
+    let read_each = || {
+        files
+            .iter()
+            .map(|f| std::fs::read(m.path(f)).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let first = read_each();
+    // Opened again with nothing changed, every file keeps its pages.
+    for f in files {
+        assert!(resident(&m.path(f)) > 0, "{f} lost its cached pages");
+    }
+    assert_eq!(read_each(), first);
+
+    // A write to the image: the views of its active state drop their pages
+    // and show the new bytes; the passed-through base and the plain file
+    // keep theirs.
+    qemu_io(&img, "qcow2", &["write -P 0x05 0 64k"]);
+    for (f, kept) in files.iter().zip([false, false, true, true]) {
+        assert_eq!(resident(&m.path(f)) > 0, kept, "{f}");
+    }
+    let active = std::fs::read(m.path(files[0])).unwrap();
+    assert_eq!(active, oracle_raw(d.path(), &img, None));
+    assert!(active[..64 << 10].iter().all(|&b| b == 0x05));
+
+    // A write to the backing file shows through the overlay's views and in
+    // the passed-through copy; a rewrite of the plain file in place shows too.
+    read_each();
+    qemu_io(&base, "qcow2", &["write -P 0x06 4M 64k"]);
+    std::fs::write(&plain, vec![0x07u8; 1 << 20]).unwrap();
+    let now = read_each();
+    assert_eq!(now[0], oracle_raw(d.path(), &img, None));
+    assert!(
+        now[0][4 << 20..(4 << 20) + (64 << 10)]
+            .iter()
+            .all(|&b| b == 0x06)
+    );
+    assert_eq!(now[2], std::fs::read(&base).unwrap());
+    assert!(now[3].iter().all(|&b| b == 0x07));
+    let copy = at(d.path(), "vm_active.qcow2");
+    std::fs::write(&copy, &now[1]).unwrap();
+    std::fs::write(at(d.path(), "base.qcow2"), &now[2]).unwrap();
+    qemu_img(&[
+        "compare",
+        "-q",
+        copy.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+}
