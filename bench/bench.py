@@ -298,10 +298,12 @@ def main():
     r = report("b. second read of snapshots/s1.raw", sec, "MiB/s", "cat (page cache)", cat)
     target("second read >= 50% of the page-cache cat rate", r >= 0.5)
 
+    cp_runs = []
     def cp_chain():
         dest = os.path.join(work, "cp-chain")
         shutil.rmtree(dest, ignore_errors=True)
-        return timed("cp", "-r", view("vm.qcow2", "chain"), dest)
+        cp_runs.append(timed("cp", "-r", view("vm.qcow2", "chain"), dest))
+        return cp_runs[-1]
     cp_t = median(cp_chain)
     def routine():
         dest = os.path.join(work, "routine")
@@ -315,6 +317,10 @@ def main():
         sh("qemu-img", "compare", "-q", os.path.join(work, "cp-chain", ours), os.path.join(work, "routine", theirs))
     r = report("c. cp -r chain/ (verified equal)", cp_t, "s", "qemu-img routine", rt_t, higher_better=False)
     target("cp -r chain/ >= 3x faster than the qemu-img routine", r >= 3)
+    # The first copy reads every layer through the mount; the later ones
+    # find the layers in the page cache (kept while the image is unchanged).
+    report("c. first cp -r chain/ (layers not yet cached)", cp_runs[0], "s", "qemu-img routine", rt_t,
+           higher_better=False)
 
     q.stop()
     peak = m.peak_rss()
