@@ -1,7 +1,7 @@
 //! Consistency check, counted as `qemu-img check` counts: every reference to
 //! a host cluster is tallied from the L1/L2 tables of every state, the
-//! snapshot table and the refcount structures, then compared with the stored
-//! refcounts. The walk also gathers the per-state figures `info` reports.
+//! snapshot table, the persistent bitmaps and the refcount structures, then
+//! compared with the stored refcounts. The walk also gathers the per-state figures `info` reports.
 
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use crate::cluster::{
     L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED, QCOW_OFLAG_COPIED, REFT_OFFSET_MASK,
 };
 use crate::error::Result;
-use crate::header::INCOMPAT_DATA_FILE;
+use crate::header::{AUTOCLEAR_BITMAPS, BitmapDirectory, INCOMPAT_DATA_FILE};
 use crate::image::Image;
 use crate::refcount::Refcounts;
 
@@ -26,6 +26,21 @@ const MAX_MESSAGES: usize = 1000;
 /// past it the check stops as incomplete rather than spin on a crafted
 /// image whose snapshot tables all point at the same huge tables.
 pub const MAX_CHECK_L2_ENTRIES: u64 = 1 << 30;
+/// The largest bitmap directory QEMU accepts (1 KiB for each of 65535
+/// bitmaps); a larger one is reported, not read.
+pub const MAX_BITMAP_DIRECTORY_BYTES: u64 = 1024 * 65535;
+/// The most entries one bitmap table may have (as QEMU).
+const MAX_BITMAP_TABLE_ENTRIES: u64 = 0x800_0000;
+/// Bitmap table entry bits that must be zero (1-8 and 56-63).
+const BME_RESERVED_MASK: u64 = 0xff00_0000_0000_01fe;
+/// Bitmap table entry bits holding the data cluster's offset.
+const BME_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// Bound on the bitmap table entries one check visits (2^24: 512 bitmaps
+/// of a 1 PiB disk at the default granularity); past it the check stops as
+/// incomplete.
+pub const MAX_CHECK_BITMAP_ENTRIES: u64 = 1 << 24;
+/// Bitmap table entries read at a time.
+const BITMAP_TABLE_CHUNK: u64 = 8192;
 
 /// Figures about one state's tables.
 #[derive(Clone, Debug, Default)]
@@ -119,9 +134,10 @@ impl CheckReport {
         }
     }
 
-    fn say(&mut self, msg: String) {
+    /// Keep a message, formatted only while there is room for it.
+    fn say(&mut self, msg: std::fmt::Arguments) {
         if self.messages.len() < MAX_MESSAGES {
-            self.messages.push(msg);
+            self.messages.push(msg.to_string());
         }
     }
 }
@@ -137,6 +153,8 @@ struct Walk<'a> {
     refs: Vec<u32>,
     /// L2 entries visited so far.
     visited: u64,
+    /// Bitmap table entries visited so far.
+    bitmap_entries: u64,
     report: CheckReport,
 }
 
@@ -149,7 +167,7 @@ impl Walk<'_> {
         let end = offset.saturating_add(size);
         if end.saturating_sub(self.file_len) >= self.cluster_size {
             self.report.corruptions += 1;
-            self.report.say(format!(
+            self.report.say(format_args!(
                 "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset {offset:#x} size {size:#x}"
             ));
             return;
@@ -163,13 +181,104 @@ impl Walk<'_> {
             }
             if u64::from(self.refs[k]) >= self.refcount_max.min(u64::from(u32::MAX)) {
                 self.report.corruptions += 1;
-                self.report.say(format!(
+                self.report.say(format_args!(
                     "ERROR: overflow cluster offset={:#x}",
                     (k as u64) << self.cluster_bits
                 ));
                 continue;
             }
             self.refs[k] += 1;
+        }
+    }
+
+    /// The walk reached its bound: an error that is always said, even past
+    /// the bound on messages.
+    fn stop(&mut self, bound: u64, what: &str) {
+        self.report.check_errors += 1;
+        self.report
+            .messages
+            .push(format!("check stopped: more than {bound} {what} to visit"));
+    }
+
+    /// A corruption, counted and said.
+    fn corrupt(&mut self, msg: std::fmt::Arguments) {
+        self.report.corruptions += 1;
+        self.report.say(msg);
+    }
+
+    /// Count the bitmap directory, every bitmap table and every bitmap data
+    /// cluster. Tables are read a chunk at a time; their entries share the
+    /// walk's bound on visited entries.
+    fn bitmaps(&mut self, dir: &BitmapDirectory) {
+        self.inc(dir.offset, dir.size);
+        if dir.size > MAX_BITMAP_DIRECTORY_BYTES || dir.offset & (self.cluster_size - 1) != 0 {
+            return self.corrupt(format_args!(
+                "ERROR bitmap directory of {} bytes at {:#x} is invalid",
+                dir.size, dir.offset
+            ));
+        }
+        let bytes = match self
+            .image
+            .file()
+            .read_vec(dir.offset, dir.size, "bitmap directory")
+        {
+            Ok(b) => b,
+            Err(e) => return self.corrupt(format_args!("ERROR {e}")),
+        };
+        let mut pos = 0usize;
+        for i in 0..dir.count {
+            let Some(entry) = bytes.get(pos..pos + 24) else {
+                return self.corrupt(format_args!(
+                    "ERROR bitmap {i} lies past the bitmap directory"
+                ));
+            };
+            let field = |at: usize, n: usize| {
+                entry[at..at + n]
+                    .iter()
+                    .fold(0u64, |v, &b| (v << 8) | u64::from(b))
+            };
+            let (table_offset, table_size) = (field(0, 8), field(8, 4));
+            let (name_size, extra_size) = (field(18, 2), field(20, 4));
+            pos += (24 + name_size as usize + extra_size as usize).div_ceil(8) * 8;
+            if table_size > MAX_BITMAP_TABLE_ENTRIES || table_offset & (self.cluster_size - 1) != 0
+            {
+                self.corrupt(format_args!(
+                    "ERROR bitmap {i}: table of {table_size} entries at {table_offset:#x} is invalid"
+                ));
+                continue;
+            }
+            self.inc(table_offset, table_size * 8);
+            self.bitmap_table(i, table_offset, table_size);
+        }
+    }
+
+    fn bitmap_table(&mut self, bitmap: u32, offset: u64, entries: u64) {
+        let mut done = 0;
+        while done < entries {
+            let n = (entries - done).min(BITMAP_TABLE_CHUNK);
+            if self.bitmap_entries > MAX_CHECK_BITMAP_ENTRIES {
+                return; // already reported
+            }
+            self.bitmap_entries += n;
+            if self.bitmap_entries > MAX_CHECK_BITMAP_ENTRIES {
+                return self.stop(MAX_CHECK_BITMAP_ENTRIES, "bitmap table entries");
+            }
+            let at = offset + done * 8;
+            let table = match self.image.file().read_vec(at, n * 8, "bitmap table") {
+                Ok(b) => be64_table(&b),
+                Err(e) => return self.corrupt(format_args!("ERROR bitmap {bitmap}: {e}")),
+            };
+            for e in table {
+                let data = e & BME_OFFSET_MASK;
+                if e & BME_RESERVED_MASK != 0 || data & (self.cluster_size - 1) != 0 {
+                    self.corrupt(format_args!(
+                        "ERROR bitmap {bitmap}: invalid table entry {e:#x}"
+                    ));
+                } else if data != 0 {
+                    self.inc(data, self.cluster_size);
+                }
+            }
+            done += n;
         }
     }
 
@@ -196,7 +305,7 @@ impl Walk<'_> {
             Err(e) => {
                 self.report.check_errors += 1;
                 self.report
-                    .say(format!("ERROR: I/O error in check_refcounts_l1: {e}"));
+                    .say(format_args!("ERROR: I/O error in check_refcounts_l1: {e}"));
                 return data;
             }
         };
@@ -206,7 +315,7 @@ impl Walk<'_> {
             if entry & L1E_RESERVED_MASK != 0 {
                 self.report.corruptions += 1;
                 fig.l1_invalid += 1;
-                self.report.say(format!(
+                self.report.say(format_args!(
                     "ERROR found L1 entry with reserved bits set: {entry:#x}"
                 ));
             }
@@ -220,7 +329,7 @@ impl Walk<'_> {
             if l2_offset & (self.cluster_size - 1) != 0 {
                 fig.l1_unaligned += 1;
                 self.report.corruptions += 1;
-                self.report.say(format!(
+                self.report.say(format_args!(
                     "ERROR l2_offset={l2_offset:x}: Table is not cluster aligned; L1 entry corrupted"
                 ));
             }
@@ -229,7 +338,7 @@ impl Walk<'_> {
                 fig.l1_invalid += 1;
                 self.report.corruptions += 1;
                 if self.report.messages.len() < MAX_MESSAGES {
-                    self.report.say(format!(
+                    self.report.say(format_args!(
                         "ERROR l2_offset={l2_offset:x}: L2 table referenced twice by one L1 table (entry {i})"
                     ));
                 }
@@ -238,10 +347,7 @@ impl Walk<'_> {
             self.visited += self.image.header().l2_entries();
             if self.visited > MAX_CHECK_L2_ENTRIES {
                 if self.visited - self.image.header().l2_entries() <= MAX_CHECK_L2_ENTRIES {
-                    self.report.check_errors += 1;
-                    self.report.say(format!(
-                        "check stopped: more than {MAX_CHECK_L2_ENTRIES} L2 entries to visit"
-                    ));
+                    self.stop(MAX_CHECK_L2_ENTRIES, "L2 entries");
                 }
                 continue;
             }
@@ -272,7 +378,7 @@ impl Walk<'_> {
             Ok(b) => be64_table(&b),
             Err(e) => {
                 self.report.check_errors += 1;
-                self.report.say(format!(
+                self.report.say(format_args!(
                     "ERROR: I/O error in check_refcounts_l2 (L1[{l1_index}]): {e}"
                 ));
                 fig.l1_invalid += 1;
@@ -294,20 +400,20 @@ impl Walk<'_> {
                 if entry & QCOW_OFLAG_COPIED != 0 {
                     self.report.corruptions += 1;
                     fig.l2_invalid += 1;
-                    self.report.say(format!(
+                    self.report.say(format_args!(
                         "ERROR: coffset={:#x}: copied flag must never be set for compressed clusters",
                         entry & !QCOW_OFLAG_COPIED & !QCOW_OFLAG_COMPRESSED
                     ));
                 }
                 if has_data_file {
                     self.report.corruptions += 1;
-                    self.report.say(format!(
+                    self.report.say(format_args!(
                         "ERROR compressed cluster {i} with data file, entry={entry:#x}"
                     ));
                 }
                 if bitmap != 0 {
                     self.report.corruptions += 1;
-                    self.report.say(format!(
+                    self.report.say(format_args!(
                         "ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry={entry:#x}"
                     ));
                 }
@@ -334,7 +440,7 @@ impl Walk<'_> {
             if entry & L2E_STD_RESERVED_MASK != 0 {
                 self.report.corruptions += 1;
                 fig.l2_invalid += 1;
-                self.report.say(format!(
+                self.report.say(format_args!(
                     "ERROR found l2 entry with reserved bits set: {entry:#x}"
                 ));
             }
@@ -348,10 +454,9 @@ impl Walk<'_> {
                     if ext && bitmap & 0xffff_ffff != 0 {
                         self.report.corruptions += 1;
                         fig.l2_invalid += 1;
-                        self.report.say(
+                        self.report.say(format_args!(
                             "ERROR: Unallocated cluster has non-zero subcluster allocation map"
-                                .into(),
-                        );
+                        ));
                     }
                     if ext && bitmap != 0 {
                         fig.l2_used += 1;
@@ -369,7 +474,7 @@ impl Walk<'_> {
             if ext && (bitmap >> 32) & bitmap != 0 {
                 self.report.corruptions += 1;
                 fig.l2_invalid += 1;
-                self.report.say(format!(
+                self.report.say(format_args!(
                     "ERROR offset={offset:x}: Allocated cluster has corrupted subcluster allocation bitmap"
                 ));
             }
@@ -382,12 +487,12 @@ impl Walk<'_> {
                     !zero_flag
                 };
                 if !contains_data {
-                    self.report.say(format!(
+                    self.report.say(format_args!(
                         "ERROR offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted."
                     ));
                     continue;
                 }
-                self.report.say(format!(
+                self.report.say(format_args!(
                     "ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted."
                 ));
             }
@@ -425,6 +530,7 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
         refcount_max,
         refs: vec![0; nb_clusters],
         visited: 0,
+        bitmap_entries: 0,
         report: CheckReport {
             total_clusters: h.size.div_ceil(cluster_size),
             ..CheckReport::default()
@@ -474,6 +580,14 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
         h.refcount_table_offset,
         u64::from(h.refcount_table_clusters) << h.cluster_bits,
     );
+    // QEMU ignores the bitmaps extension unless the autoclear bit vouches
+    // for it, and then counts its clusters as leaks.
+    if let Some(dir) = h.bitmap_directory
+        && h.autoclear_features & AUTOCLEAR_BITMAPS != 0
+        && dir.count > 0
+    {
+        w.bitmaps(&dir);
+    }
 
     let refcounts = Refcounts::load(image)?;
     w.report.reftable_entries = refcounts.table().len() as u64;
@@ -481,14 +595,14 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
         let offset = entry & REFT_OFFSET_MASK;
         if entry & REFT_RESERVED_MASK != 0 {
             w.report.corruptions += 1;
-            w.report.say(format!(
+            w.report.say(format_args!(
                 "ERROR refcount table entry {i} has reserved bits set"
             ));
             continue;
         }
         if offset & (cluster_size - 1) != 0 {
             w.report.corruptions += 1;
-            w.report.say(format!(
+            w.report.say(format_args!(
                 "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
             ));
             continue;
@@ -497,7 +611,7 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
         if cluster >= w.refs.len() as u64 {
             w.report.corruptions += 1;
             w.report
-                .say(format!("ERROR refcount block {i} is outside image"));
+                .say(format_args!("ERROR refcount block {i} is outside image"));
             continue;
         }
         if offset != 0 {
@@ -507,7 +621,7 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
             if counted != 1 {
                 w.report.corruptions += 1;
                 w.report
-                    .say(format!("ERROR refcount block {i} refcount={counted}"));
+                    .say(format_args!("ERROR refcount block {i} refcount={counted}"));
             }
         }
     }
@@ -521,7 +635,7 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
             Err(e) => {
                 w.report.check_errors += 1;
                 w.report
-                    .say(format!("Can't get refcount for cluster {i}: {e}"));
+                    .say(format_args!("Can't get refcount for cluster {i}: {e}"));
                 continue;
             }
         };
@@ -534,12 +648,12 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
         if stored != counted {
             if stored < counted {
                 w.report.corruptions += 1;
-                w.report.say(format!(
+                w.report.say(format_args!(
                     "ERROR cluster {i} refcount={stored} reference={counted}"
                 ));
             } else {
                 w.report.leaks += 1;
-                w.report.say(format!(
+                w.report.say(format_args!(
                     "Leaked cluster {i} refcount={stored} reference={counted}"
                 ));
             }
@@ -577,7 +691,7 @@ fn check_oflag_copied(image: &Image, refcounts: &Refcounts, report: &mut CheckRe
         if (rc == 1) != (l1_entry & QCOW_OFLAG_COPIED != 0) {
             report.corruptions += 1;
             report.oflag_copied_mismatches += 1;
-            report.say(format!(
+            report.say(format_args!(
                 "ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={l1_entry:x} refcount={rc}"
             ));
         }
@@ -588,7 +702,7 @@ fn check_oflag_copied(image: &Image, refcounts: &Refcounts, report: &mut CheckRe
             Ok(b) => be64_table(&b),
             Err(e) => {
                 report.check_errors += 1;
-                report.say(format!("ERROR: Could not read L2 table: {e}"));
+                report.say(format_args!("ERROR: Could not read L2 table: {e}"));
                 return;
             }
         };
@@ -604,7 +718,7 @@ fn check_oflag_copied(image: &Image, refcounts: &Refcounts, report: &mut CheckRe
             if (rc == 1) != (entry & QCOW_OFLAG_COPIED != 0) {
                 report.corruptions += 1;
                 report.oflag_copied_mismatches += 1;
-                report.say(format!(
+                report.say(format_args!(
                     "ERROR OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={rc}"
                 ));
             }

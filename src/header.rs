@@ -105,8 +105,24 @@ pub struct Header {
     pub feature_names: Vec<FeatureName>,
     /// True when a bitmaps extension is present.
     pub has_bitmaps: bool,
+    /// Where the bitmaps extension puts the bitmap directory, when the
+    /// extension is well formed.
+    pub bitmap_directory: Option<BitmapDirectory>,
     /// Types of extensions this reader skipped.
     pub unknown_extensions: Vec<u32>,
+}
+
+/// The bitmaps extension: how many persistent bitmaps there are and where
+/// their directory lies. Only `check` reads it (bitmaps do not change what
+/// a state reads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BitmapDirectory {
+    /// Number of bitmaps.
+    pub count: u32,
+    /// Size of the directory in bytes.
+    pub size: u64,
+    /// Offset of the directory in the file.
+    pub offset: u64,
 }
 
 impl Header {
@@ -253,6 +269,7 @@ impl Header {
             data_file: None,
             feature_names: Vec::new(),
             has_bitmaps: false,
+            bitmap_directory: None,
             unknown_extensions: Vec::new(),
         };
         h.read_extensions(&be)?;
@@ -309,7 +326,16 @@ impl Header {
                         });
                     }
                 }
-                EXT_BITMAPS => self.has_bitmaps = true,
+                EXT_BITMAPS => {
+                    self.has_bitmaps = true;
+                    if len >= 24 {
+                        self.bitmap_directory = Some(BitmapDirectory {
+                            count: data.u32(0)?,
+                            size: data.u64(8)?,
+                            offset: data.u64(16)?,
+                        });
+                    }
+                }
                 EXT_CRYPTO => {}
                 other => self.unknown_extensions.push(other),
             }

@@ -43,19 +43,37 @@ fn info(path: &std::path::Path, output: Output, check_only: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match (output, check_only) {
-        (Output::Json, false) => println!("{:#}", info.to_json()),
-        (Output::Json, true) => println!("{:#}", info.to_json()["check"]),
-        (Output::Text, false) => print!("{}", info.to_text()),
-        (Output::Text, true) => {
-            print!("{}", check_text(info.check()));
-            println!("verdict: {}", info.check().verdict());
-        }
+    let text = match (output, check_only) {
+        (Output::Json, false) => format!("{:#}\n", info.to_json()),
+        (Output::Json, true) => format!("{:#}\n", info.to_json()["check"]),
+        (Output::Text, false) => info.to_text(),
+        (Output::Text, true) => format!(
+            "{}verdict: {}\n",
+            check_text(info.check()),
+            info.check().verdict()
+        ),
+    };
+    if let Err(code) = emit(&text) {
+        return code;
     }
     if check_only {
         ExitCode::from(info.check().exit_code() as u8)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Write `text` to standard output. A reader that went away early (`| head`)
+/// is not an error; any other failure to write is.
+fn emit(text: &str) -> Result<(), ExitCode> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("qcow2fs: writing the report: {e}");
+            Err(ExitCode::from(1))
+        }
+        _ => Ok(()),
     }
 }
 

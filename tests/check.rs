@@ -144,6 +144,63 @@ fn leaks_and_corruptions_agree_with_qemu_img() {
 }
 
 #[test]
+fn persistent_bitmaps_are_counted_as_qemu_img_counts() {
+    let d = scratch();
+    let img = at(d.path(), "bitmaps.qcow2");
+    let p = img.to_str().unwrap();
+    create(&img, "64M", "");
+    qemu_img(&["bitmap", "--add", p, "b0"]);
+    qemu_io(&img, "qcow2", &["write -P 1 0 4M", "write -P 2 32M 1M"]);
+    qemu_img(&["bitmap", "--add", "-g", "4096", p, "b1"]);
+    snapshot(&img, "s");
+    qemu_io(&img, "qcow2", &["write -P 3 8M 1M"]);
+    let header = qcow2fs::header::Header::read(&qcow2fs::source::SourceFile::open(&img).unwrap());
+    let dir = header
+        .unwrap()
+        .bitmap_directory
+        .expect("a bitmap directory");
+    assert_eq!(dir.count, 2);
+    // The first bitmap's table holds a data cluster: all are referenced.
+    let table = peek64(&img, dir.offset);
+    assert_ne!(peek64(&img, table) & 0x00ff_ffff_ffff_fe00, 0);
+    let v = assert_agrees(&img);
+    assert_eq!(field(&v, "leaks"), 0);
+
+    // Without the autoclear bit the extension is not to be trusted: QEMU
+    // ignores it, and the bitmaps' clusters (directory, two tables, data)
+    // are leaks.
+    let ignored = at(d.path(), "ignored.qcow2");
+    std::fs::copy(&img, &ignored).unwrap();
+    poke(&ignored, 88, &0u64.to_be_bytes());
+    let v = assert_agrees(&ignored);
+    assert!(field(&v, "leaks") >= 4, "{v:#}");
+}
+
+/// The report goes to a reader that left early: no panic, no message, the
+/// usual exit status.
+#[test]
+fn a_closed_standard_output_is_not_an_error() {
+    let d = scratch();
+    let img = at(d.path(), "vm.qcow2");
+    history(&img, "");
+    for cmd in ["info", "check"] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(bin())
+            .args([cmd, img.to_str().unwrap()])
+            .stdout(writer)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{cmd}");
+        assert!(
+            out.stderr.is_empty(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
 fn info_reports_every_part() {
     let d = scratch();
     let img = at(d.path(), "vm.qcow2");

@@ -253,3 +253,61 @@ fn backing_chain_1000_deep() {
     assert!(err.contains("deeper than 64"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
+
+/// The offset of the data of header extension `kind`.
+fn extension(img: &Path, kind: u32) -> u64 {
+    let bytes = std::fs::read(img).unwrap();
+    let be32 = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+    let mut at = be32(100) as usize;
+    loop {
+        let (ty, len) = (be32(at), be32(at + 4) as usize);
+        assert_ne!(ty, 0, "no extension {kind:#x}");
+        if ty == kind {
+            return at as u64 + 8;
+        }
+        at += 8 + len.div_ceil(8) * 8;
+    }
+}
+
+#[test]
+fn sixty_five_thousand_bitmaps_over_one_large_table() {
+    let d = scratch();
+    let img = d.path().join("bitmaps.qcow2");
+    create(&img, "64M", "");
+    qemu_img(&["bitmap", "--add", img.to_str().unwrap(), "b0"]);
+    qemu_io(&img, "qcow2", &["write -P 7 0 1M"]);
+    // One bitmap table of 1 Mi entries, each on the same data cluster.
+    let data = peek64(&img, peek64(&img, peek64(&img, 40)) & 0x00ff_ffff_ffff_fe00);
+    let data = data & 0x00ff_ffff_ffff_fe00;
+    let entries: u64 = 1 << 20;
+    let table: Vec<u8> = (0..entries).flat_map(|_| data.to_be_bytes()).collect();
+    let table_at = append(&img, &table);
+    // 65535 bitmaps, every one on that table.
+    let count: u32 = 65535;
+    let mut dir = Vec::new();
+    for _ in 0..count {
+        dir.extend_from_slice(&table_at.to_be_bytes());
+        dir.extend_from_slice(&(entries as u32).to_be_bytes());
+        dir.extend_from_slice(&[
+            0, 0, 0, 0, 1, 16, 0, 1, 0, 0, 0, 0, b'b', 0, 0, 0, 0, 0, 0, 0,
+        ]);
+    }
+    let dir_at = append(&img, &dir);
+    let ext = extension(&img, 0x2385_2875);
+    poke(&img, ext, &count.to_be_bytes());
+    poke(&img, ext + 8, &(dir.len() as u64).to_be_bytes());
+    poke(&img, ext + 16, &dir_at.to_be_bytes());
+
+    // The walk stops at its bound on visited entries, and says so past a
+    // thousand other messages; the check is incomplete (exit status 1).
+    let (code, out, _, took) = bounded(&["check", img.to_str().unwrap()], Duration::from_secs(10));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("check stopped"), "{out}");
+    eprintln!("check of 65535 bitmaps took {took:?}");
+    // Reading the image is not affected.
+    let image = Image::open(&img, &OpenOptions::new(8 << 20)).unwrap();
+    let state = image.state(StateId::Active).unwrap();
+    let mut buf = vec![0u8; 4096];
+    state.read_at(&mut buf, 0).unwrap();
+    assert!(buf.iter().all(|&b| b == 7));
+}
