@@ -345,6 +345,9 @@ pub struct Tree {
     /// Per file inode, the stamps of its sources at its last open: the
     /// kernel's cached pages of the file hold bytes of that version.
     cached: Mutex<HashMap<u64, Vec<Stamp>>>,
+    /// Per inode of a file that can change while it exists, the stamps of
+    /// its sources and the mtime last shown for them.
+    shown: Mutex<HashMap<u64, (Vec<Stamp>, SystemTime)>>,
     next_fh: AtomicU64,
     force_share: bool,
 }
@@ -373,6 +376,7 @@ impl Tree {
             images: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             cached: Mutex::new(HashMap::new()),
+            shown: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             force_share: t.force_share,
         })
@@ -710,13 +714,8 @@ impl Tree {
                 let e = self.entry(rel)?;
                 let spec = e.spec(*dir, key)?;
                 let size = e.layer(&spec)?.size();
-                Ok(base(
-                    &e.meta,
-                    Kind::File,
-                    size,
-                    size.div_ceil(512),
-                    e.layer_time(&spec)?,
-                ))
+                let mtime = self.distinct_mtime(ino, node, &e, e.layer_time(&spec)?);
+                Ok(base(&e.meta, Kind::File, size, size.div_ceil(512), mtime))
             }
             Node::Pass(rel, _, _, path) => {
                 let e = self.entry(rel)?;
@@ -726,15 +725,35 @@ impl Tree {
             Node::Manifest(rel, dir) => {
                 let e = self.entry(rel)?;
                 let len = e.manifest(*dir)?.len() as u64;
-                Ok(base(
-                    &e.meta,
-                    Kind::File,
-                    len,
-                    len.div_ceil(512),
-                    mtime_of(&e.meta),
-                ))
+                let mtime = self.distinct_mtime(ino, node, &e, mtime_of(&e.meta));
+                Ok(base(&e.meta, Kind::File, len, len.div_ceil(512), mtime))
             }
         }
+    }
+
+    /// The mtime to show for a layer or manifest whose bytes may change:
+    /// `t`, unless its sources changed since the mtime last shown and `t`
+    /// falls in the same whole second (or earlier); then the next whole
+    /// second after the one last shown. rsync's quick check compares whole
+    /// seconds, so a change never keeps both size and shown mtime.
+    fn distinct_mtime(&self, ino: u64, node: &Node, e: &ImageEntry, t: SystemTime) -> SystemTime {
+        if immutable(node) {
+            return t;
+        }
+        let Some(stamps) = self.source_stamps(node, Some(e)) else {
+            return t;
+        };
+        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut shown = self.shown.lock();
+        let t = match shown.get(&ino) {
+            Some((s, last)) if *s == stamps => return *last,
+            Some((_, last)) if secs(t) <= secs(*last) => {
+                UNIX_EPOCH + Duration::from_secs(secs(*last) + 1)
+            }
+            _ => t,
+        };
+        shown.insert(ino, (stamps, t));
+        t
     }
 
     /// 512-byte blocks holding data in a state, from its extent map.
@@ -827,11 +846,7 @@ impl Tree {
         // Snapshot views and layers built only from snapshots never change
         // while they exist; any other file keeps its pages while every file
         // its bytes come from is the version it was last opened at.
-        let immutable = match &node {
-            Node::Snap(..) | Node::VmState(..) => true,
-            Node::Layer(_, _, k) => k.x != StateKey::Active && k.y != Some(StateKey::Active),
-            _ => false,
-        };
+        let immutable = immutable(&node);
         let stamps = self.source_stamps(&node, entry.as_deref());
         let unchanged = {
             let mut cached = self.cached.lock();
@@ -1020,6 +1035,16 @@ fn is_dir(n: &Node) -> bool {
         n,
         Node::Dir(_) | Node::Image(_) | Node::SnapDir(_) | Node::ChainDir(..)
     )
+}
+
+/// Snapshot views and layers built only from snapshots never change while
+/// they exist.
+fn immutable(node: &Node) -> bool {
+    match node {
+        Node::Snap(..) | Node::VmState(..) => true,
+        Node::Layer(_, _, k) => k.x != StateKey::Active && k.y != Some(StateKey::Active),
+        _ => false,
+    }
 }
 
 fn mtime_of(m: &std::fs::Metadata) -> SystemTime {

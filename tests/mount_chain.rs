@@ -162,3 +162,53 @@ fn rsync_skips_unchanged_layers_and_never_keeps_a_changed_one() {
     );
     verify_chain(d.path(), &img, &replica, Direction::Forward);
 }
+
+#[test]
+fn a_change_in_the_same_second_as_a_copy_still_reaches_rsync() {
+    let d = scratch();
+    let src = d.path().join("images");
+    std::fs::create_dir_all(&src).unwrap();
+    let img = build_chain_image(&src, "vm.qcow2", "");
+    let m = Mount::new(&src, &d.path().join("mnt"), &[]);
+    let chain = m.path("vm.qcow2/chain");
+    let replica = d.path().join("replica");
+    rsync(&chain, &replica);
+    let before = std::fs::metadata(chain.join("vm_active.qcow2")).unwrap();
+
+    // A write into an allocated cluster changes active's bytes but not the
+    // file's size; putting the image's mtime back makes it look like a
+    // write in the same instant as the copy (only its ctime moves).
+    let mtime = std::fs::metadata(&img).unwrap().modified().unwrap();
+    qemu_io(&img, "qcow2", &["write -P 0x66 5M 4k"]);
+    std::fs::File::options()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    std::thread::sleep(ATTR_WAIT);
+    let after = std::fs::metadata(chain.join("vm_active.qcow2")).unwrap();
+    assert_eq!(after.len(), before.len());
+    let secs = |m: &std::fs::Metadata| {
+        m.modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    assert!(
+        secs(&after) > secs(&before),
+        "the shown mtime moved on to a later second"
+    );
+    // Layers built only from snapshots keep theirs.
+    let moved = rsync(&chain, &replica);
+    assert!(moved.contains(&"vm_active.qcow2".to_string()), "{moved:?}");
+    assert!(
+        !moved.iter().any(|f| f == "vm_snapshot[0].qcow2"),
+        "{moved:?}"
+    );
+    verify_chain(d.path(), &img, &replica, Direction::Reverse);
+    // The shown mtime is stable while the image is.
+    std::thread::sleep(ATTR_WAIT);
+    assert_eq!(rsync(&chain, &replica), Vec::<String>::new());
+}
