@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::be::be64_table;
+use crate::be::{Be, be64_table};
 use crate::cluster::{
     L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED, QCOW_OFLAG_COPIED, REFT_OFFSET_MASK,
 };
@@ -225,21 +225,24 @@ impl Walk<'_> {
             Ok(b) => b,
             Err(e) => return self.corrupt(format_args!("ERROR {e}")),
         };
+        let dir_bytes = Be::new(&bytes, "bitmap directory");
         let mut pos = 0usize;
         for i in 0..dir.count {
-            let Some(entry) = bytes.get(pos..pos + 24) else {
+            // The entry's fixed 24 bytes; the last field read ends them.
+            let fields = (|| -> Result<_> {
+                Ok((
+                    dir_bytes.u64(pos)?,
+                    u64::from(dir_bytes.u32(pos + 8)?),
+                    usize::from(dir_bytes.u16(pos + 18)?),
+                    dir_bytes.u32(pos + 20)? as usize,
+                ))
+            })();
+            let Ok((table_offset, table_size, name_size, extra_size)) = fields else {
                 return self.corrupt(format_args!(
                     "ERROR bitmap {i} lies past the bitmap directory"
                 ));
             };
-            let field = |at: usize, n: usize| {
-                entry[at..at + n]
-                    .iter()
-                    .fold(0u64, |v, &b| (v << 8) | u64::from(b))
-            };
-            let (table_offset, table_size) = (field(0, 8), field(8, 4));
-            let (name_size, extra_size) = (field(18, 2), field(20, 4));
-            pos += (24 + name_size as usize + extra_size as usize).div_ceil(8) * 8;
+            pos += (24 + name_size + extra_size).div_ceil(8) * 8;
             if table_size > MAX_BITMAP_TABLE_ENTRIES || table_offset & (self.cluster_size - 1) != 0
             {
                 self.corrupt(format_args!(

@@ -846,22 +846,25 @@ impl Tree {
         // Snapshot views and layers built only from snapshots never change
         // while they exist; any other file keeps its pages while every file
         // its bytes come from is the version it was last opened at.
-        let immutable = immutable(&node);
-        let stamps = self.source_stamps(&node, entry.as_deref());
-        let unchanged = {
-            let mut cached = self.cached.lock();
-            let same = stamps.is_some() && cached.get(&ino) == stamps.as_ref();
-            match stamps {
-                Some(s) => cached.insert(ino, s),
-                None => cached.remove(&ino),
-            };
-            same
-        };
+        let keep = immutable(&node) || self.unchanged_since_last_open(ino, &node, entry.as_deref());
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
             .insert(fh, Arc::new(Mutex::new(Handle { node, view, entry })));
-        Ok((fh, immutable || unchanged))
+        Ok((fh, keep))
+    }
+
+    /// Record the stamps of a file's sources at this open; true when they
+    /// equal those of its previous open.
+    fn unchanged_since_last_open(&self, ino: u64, node: &Node, entry: Option<&ImageEntry>) -> bool {
+        let stamps = self.source_stamps(node, entry);
+        let mut cached = self.cached.lock();
+        let same = stamps.is_some() && cached.get(&ino) == stamps.as_ref();
+        match stamps {
+            Some(s) => cached.insert(ino, s),
+            None => cached.remove(&ino),
+        };
+        same
     }
 
     /// The stamps of the files a node's bytes are read from: the image and

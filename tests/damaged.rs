@@ -229,17 +229,7 @@ fn backing_chain_deeper_than_the_limit_is_an_error() {
     create(&at(d.path(), &prev), "1M", "");
     for i in 1..=qcow2fs::image::MAX_BACKING_CHAIN + 1 {
         let name = format!("c{i}.qcow2");
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            &prev,
-            "-F",
-            "qcow2",
-            at(d.path(), &name).to_str().unwrap(),
-        ]);
+        overlay(&at(d.path(), &name), &prev, "qcow2", None);
         prev = name;
     }
     let err = exercise(&at(d.path(), &prev)).expect("an error");

@@ -44,9 +44,7 @@ fn bounded(args: &[&str], limit: Duration) -> (i32, String, String, Duration) {
 
 #[test]
 fn l1_table_at_its_limit_with_every_entry_on_one_l2_table() {
-    let d = scratch();
-    let src = d.path().join("images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     let img = src.join("l1.qcow2");
     create(&img, "1G", "");
     qemu_io(&img, "qcow2", &["write -P 7 0 1M", "write -z 2M 1M"]);
@@ -113,9 +111,7 @@ fn entry(l1: u64, l1_size: u32, id: &str, name: &str, disk: u64) -> Vec<u8> {
 
 #[test]
 fn sixty_five_thousand_snapshots() {
-    let d = scratch();
-    let src = d.path().join("images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     let img = src.join("many.qcow2");
     create(&img, "16M", "cluster_size=4k");
     qemu_io(&img, "qcow2", &["write -P 9 0 64k"]);
@@ -225,9 +221,7 @@ fn compressed_cluster_that_inflates_forever_stops_at_one_cluster() {
 
 #[test]
 fn backing_chain_1000_deep() {
-    let d = scratch();
-    let src = d.path().join("images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (_dir, src) = scratch_images();
     create(&src.join("c0.qcow2"), "1M", "");
     for i in 1..1000 {
         let (b, n) = (format!("c{}.qcow2", i - 1), src.join(format!("c{i}.qcow2")));

@@ -13,9 +13,7 @@ use qcow2fs::tree::{ROOT_INO, Tree, TreeOptions};
 
 #[test]
 fn stat_of_every_layer_is_metadata_only() {
-    let d = scratch();
-    let src = d.path().join("images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     let img = src.join("big.qcow2");
     create(&img, "32G", "");
     // 20 snapshots with 4 GiB written in all, in extents of varied sizes

@@ -30,9 +30,7 @@ fn image(dir: &Path, name: &str) -> PathBuf {
 
 #[test]
 fn an_image_in_use_serves_snapshots_and_active_only_with_force_share() {
-    let d = scratch();
-    let src = d.path().join("images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     let img = image(&src, "vm.qcow2");
     let m = Mount::new(&src, &d.path().join("mnt"), &[]);
     let mut vm = Command::new("qemu-io")
@@ -67,9 +65,7 @@ fn an_image_in_use_serves_snapshots_and_active_only_with_force_share() {
 
 #[test]
 fn a_raw_backing_file_that_looks_like_qcow2_is_read_as_raw() {
-    let d = scratch();
-    let src = d.path().join("images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     let fake = src.join("disk.raw");
     create(&fake, "4M", "");
     qemu_io(&fake, "qcow2", &["write -P 0x66 0 1M"]);
@@ -111,9 +107,7 @@ fn open_flags(pid: u32, dir: &Path) -> Vec<(PathBuf, u32)> {
 
 #[test]
 fn sources_are_only_opened_read_only_and_faults_stay_local() {
-    let d = scratch();
-    let src = d.path().join("images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     let a = image(&src, "a.qcow2");
     let b = image(&src, "b.qcow2");
     let c = image(&src, "c.qcow2");
@@ -175,9 +169,7 @@ fn oracles(dir: &Path, img: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn readers_of_a_changing_image_get_qemu_img_bytes_or_eio() {
-    let d = scratch();
-    let src = d.path().join("images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     let img = image(&src, "vm.qcow2");
     let expected = Arc::new(oracles(d.path(), &img));
     let m = Mount::new(&src, &d.path().join("mnt"), &[]);
@@ -255,9 +247,7 @@ fn readers_of_a_changing_image_get_qemu_img_bytes_or_eio() {
 
 #[test]
 fn sixty_seconds_of_sixteen_readers() {
-    let d = scratch();
-    let src = d.path().join("images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     let img = image(&src, "vm.qcow2");
     let mut views: Vec<(String, Vec<u8>)> = oracles(d.path(), &img)
         .into_iter()

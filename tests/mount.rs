@@ -78,9 +78,7 @@ fn tree_mirrors_the_folder_and_views_equal_qemu_img() {
 
 #[test]
 fn files_behave_like_files() {
-    let d = scratch();
-    let src = at(d.path(), "images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     let img = image_with_snapshots(&src, "vm.qcow2");
     std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o640)).unwrap();
     std::os::unix::fs::chown(&img, Some(1234), Some(5678)).unwrap();
@@ -164,9 +162,7 @@ fn files_behave_like_files() {
 
 #[test]
 fn snapshot_names_follow_the_rule() {
-    let d = scratch();
-    let src = at(d.path(), "images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     let img = at(&src, "n.qcow2");
     create(&img, "1M", "");
     for name in ["dup", "dup", "active", "ok"] {
@@ -182,9 +178,7 @@ fn snapshot_names_follow_the_rule() {
 
 #[test]
 fn changes_to_the_source_show_and_deleted_snapshots_give_eio() {
-    let d = scratch();
-    let src = at(d.path(), "images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     let img = image_with_snapshots(&src, "vm.qcow2");
     let m = Mount::new(&src, &at(d.path(), "mnt"), &[]);
     let f = std::fs::File::open(m.path("vm.qcow2/snapshots/aaa.raw")).unwrap();
@@ -218,9 +212,7 @@ fn changes_to_the_source_show_and_deleted_snapshots_give_eio() {
 
 #[test]
 fn unreadable_images_show_only_info_and_others_are_served() {
-    let d = scratch();
-    let src = at(d.path(), "images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     let good = image_with_snapshots(&src, "good.qcow2");
     let bad = at(&src, "bad.qcow2");
     std::fs::copy(&good, &bad).unwrap();
@@ -251,9 +243,7 @@ fn unreadable_images_show_only_info_and_others_are_served() {
 
 #[test]
 fn allow_other_checks_permissions_of_the_source() {
-    let d = scratch();
-    let src = at(d.path(), "images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let private = image_with_snapshots(&src, "private.qcow2");
     let public = at(&src, "public.qcow2");
@@ -292,9 +282,7 @@ fn allow_other_checks_permissions_of_the_source() {
 
 #[test]
 fn the_command_daemonizes_stops_cleanly_and_refuses_bad_arguments() {
-    let d = scratch();
-    let src = at(d.path(), "images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     image_with_snapshots(&src, "vm.qcow2");
     let mp = at(d.path(), "mnt");
     std::fs::create_dir_all(&mp).unwrap();
@@ -345,9 +333,7 @@ fn the_command_daemonizes_stops_cleanly_and_refuses_bad_arguments() {
 
 #[test]
 fn large_reads_arrive_as_large_requests_and_failures_are_logged_once() {
-    let d = scratch();
-    let src = at(d.path(), "images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     image_with_snapshots(&src, "vm.qcow2");
     let orphan = at(&src, "orphan.qcow2");
     qemu_img(&[
@@ -484,9 +470,7 @@ fn resident(path: &Path) -> u64 {
 
 #[test]
 fn cached_pages_are_kept_only_while_every_source_is_unchanged() {
-    let d = scratch();
-    let src = at(d.path(), "images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     let base = at(&src, "base.qcow2");
     create(&base, "8M", "");
     qemu_io(&base, "qcow2", &["write -P 0x01 0 8M"]);

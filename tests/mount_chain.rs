@@ -32,9 +32,7 @@ fn sums(dir: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn copied_chains_verify_and_match_export_across_mounts() {
-    let d = scratch();
-    let src = d.path().join("images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     let img = build_chain_image(&src, "vm.qcow2", "");
     let m = Mount::new(&src, &d.path().join("mnt"), &[]);
     let names: Vec<String> = std::fs::read_dir(m.path("vm.qcow2/chain"))
@@ -116,9 +114,7 @@ fn rsync(from: &Path, to: &Path) -> Vec<String> {
 
 #[test]
 fn rsync_skips_unchanged_layers_and_never_keeps_a_changed_one() {
-    let d = scratch();
-    let src = d.path().join("images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     let img = build_chain_image(&src, "vm.qcow2", "");
     let m = Mount::new(&src, &d.path().join("mnt"), &[]);
     let fwd = m.path("vm.qcow2/forward");
@@ -165,9 +161,7 @@ fn rsync_skips_unchanged_layers_and_never_keeps_a_changed_one() {
 
 #[test]
 fn a_change_in_the_same_second_as_a_copy_still_reaches_rsync() {
-    let d = scratch();
-    let src = d.path().join("images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     let img = build_chain_image(&src, "vm.qcow2", "");
     let m = Mount::new(&src, &d.path().join("mnt"), &[]);
     let chain = m.path("vm.qcow2/chain");

@@ -64,9 +64,7 @@ fn reference(dir: &Path, img: &Path, name: &str, len: u64) -> Vec<u8> {
 
 #[test]
 fn vm_state_equals_what_qemu_saved() {
-    let d = scratch();
-    let src = d.path().join("images");
-    std::fs::create_dir_all(&src).unwrap();
+    let (d, src) = scratch_images();
     let img = src.join("vm.qcow2");
     create(&img, "16M", "");
     qemu_io(&img, "qcow2", &["write -P 0x33 0 1M"]);

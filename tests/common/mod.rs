@@ -161,6 +161,14 @@ pub fn scratch() -> tempfile::TempDir {
 }
 
 /// `dir/name` as a PathBuf.
+/// A scratch folder with an empty `images` folder in it, for mounting.
+pub fn scratch_images() -> (tempfile::TempDir, PathBuf) {
+    let d = scratch();
+    let src = d.path().join("images");
+    std::fs::create_dir_all(&src).unwrap();
+    (d, src)
+}
+
 pub fn at(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
@@ -392,18 +400,7 @@ pub fn make_base_and_mid(dir: &Path) {
     std::fs::write(dir.join("base.raw"), vec![0x99u8; 3 << 20]).unwrap();
     let mid = dir.join("mid.qcow2");
     if !mid.exists() {
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.raw",
-            "-F",
-            "raw",
-            mid.to_str().unwrap(),
-            "6M",
-        ]);
+        overlay(&mid, "base.raw", "raw", Some("6M"));
         qemu_io(&mid, "qcow2", &["write -P 0xa1 1M 512k", "write -z 0 64k"]);
     }
 }
