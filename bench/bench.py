@@ -319,6 +319,17 @@ def main():
     for ours, theirs in [("vm_active.qcow2", "active.qcow2"), ("vm_snapshot[2].qcow2", "s3.qcow2"),
                          ("vm_snapshot[1].qcow2", "s2.qcow2"), ("vm_snapshot[0].qcow2", "s1.qcow2")]:
         sh("qemu-img", "compare", "-q", os.path.join(work, "cp-chain", ours), os.path.join(work, "routine", theirs))
+    # What the chain costs to store: its layers against the routine's and
+    # against the source image file.
+    pairs = [("vm_active.qcow2", "active.qcow2")] + [
+        (f"vm_snapshot[{i}].qcow2", f"s{i + 1}.qcow2") for i in range(3)]
+    ours_b = sum(os.path.getsize(os.path.join(work, "cp-chain", o)) for o, _ in pairs)
+    theirs_b = sum(os.path.getsize(os.path.join(work, "routine", t)) for _, t in pairs)
+    src_b = os.path.getsize(vm)
+    r = report("c. chain/ layers, total size", ours_b / MIB, "MiB", "routine's layers", theirs_b / MIB,
+               higher_better=False)
+    print(f"   source vm.qcow2: {src_b / MIB:.1f} MiB; chain/ layers {ours_b / src_b:.2f}x of it", flush=True)
+    target("chain/ layers <= 1.05x the routine's", ours_b <= 1.05 * theirs_b)
     r = report("c. cp -r chain/ (verified equal)", cp_t, "s", "qemu-img routine", rt_t, higher_better=False)
     target("cp -r chain/ >= 3x faster than the qemu-img routine", r >= 3)
     # The first copy reads every layer through the mount; the later ones

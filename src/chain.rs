@@ -20,6 +20,7 @@ use serde_json::json;
 use crate::error::{Error, Result};
 use crate::header::Header;
 use crate::image::{Image, StateId, is_qcow2};
+use crate::layer::plan::PlanStats;
 use crate::layer::{BackingRef, ClusterMap, Layer};
 use crate::names::snapshot_stems;
 use crate::source::SourceFile;
@@ -207,8 +208,11 @@ pub fn build_with(
 ) -> Result<Layer> {
     let x = Arc::new(image.state(spec.x)?);
     let xmap = map(spec.x)?;
-    let ymap = spec.y.map(map).transpose()?;
-    Layer::plan(x, &xmap, ymap.as_deref(), spec.backing.clone())
+    let ymap = match spec.y {
+        Some(y) => map(y)?,
+        None => Arc::new(ClusterMap::below(image, x.size())?),
+    };
+    Layer::plan(x, &xmap, &ymap, spec.backing.clone())
 }
 
 /// The date of a state, as (seconds, nanoseconds): a snapshot's own date;
@@ -229,8 +233,56 @@ pub fn state_time(image: &Image, which: StateId) -> (i64, u32) {
     }
 }
 
+/// What a layer costs to store: its size, and what its clusters hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerFigures {
+    /// File name inside the chain's folder.
+    pub file_name: String,
+    /// File size in bytes.
+    pub size: u64,
+    /// Guest clusters stored as data, compressed and as zero clusters.
+    pub stats: PlanStats,
+}
+
+impl LayerFigures {
+    /// The figures of a planned layer.
+    pub fn of(spec: &LayerSpec, layer: &Layer) -> LayerFigures {
+        LayerFigures {
+            file_name: spec.file_name.clone(),
+            size: layer.size(),
+            stats: layer.stats(),
+        }
+    }
+
+    /// The figures as JSON fields.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({"file": self.file_name, "size": self.size,
+               "data-clusters": self.stats.data_clusters,
+               "compressed-clusters": self.stats.compressed_clusters,
+               "zero-clusters": self.stats.zero_clusters})
+    }
+}
+
+/// The figures of every layer of a chain, bottom first, each state's tables
+/// walked once.
+pub fn figures(image: &Arc<Image>, dir: Direction) -> Result<Vec<LayerFigures>> {
+    let maps = parking_lot::Mutex::new(std::collections::HashMap::new());
+    let map = |w: StateId| -> Result<Arc<ClusterMap>> {
+        if let Some(m) = maps.lock().get(&w) {
+            return Ok(Arc::clone(m));
+        }
+        let m = Arc::new(ClusterMap::of(&image.state(w)?)?);
+        maps.lock().insert(w, Arc::clone(&m));
+        Ok(m)
+    };
+    layers(image, dir)
+        .iter()
+        .map(|s| Ok(LayerFigures::of(s, &build_with(image, s, &map)?)))
+        .collect()
+}
+
 /// The manifest of a chain (`chain.json`).
-pub fn manifest(image: &Image, specs: &[LayerSpec], sizes: &[u64]) -> serde_json::Value {
+pub fn manifest(image: &Image, specs: &[LayerSpec], figures: &[LayerFigures]) -> serde_json::Value {
     let state = |w: StateId| match w {
         StateId::Active => json!({"state": "active", "guest-size": image.header().size}),
         StateId::Snapshot(i) => {
@@ -241,11 +293,13 @@ pub fn manifest(image: &Image, specs: &[LayerSpec], sizes: &[u64]) -> serde_json
     };
     let layers: Vec<_> = specs
         .iter()
-        .zip(sizes)
-        .map(|(s, size)| {
-            json!({"file": s.file_name, "backing": s.backing.as_ref().map(|b| &b.name),
-                   "backing-format": s.backing.as_ref().map(|b| &b.format),
-                   "stands-for": state(s.x), "size": size})
+        .zip(figures)
+        .map(|(s, f)| {
+            let mut l = f.to_json();
+            l["backing"] = json!(s.backing.as_ref().map(|b| &b.name));
+            l["backing-format"] = json!(s.backing.as_ref().map(|b| &b.format));
+            l["stands-for"] = state(s.x);
+            l
         })
         .collect();
     let pass: Vec<_> = passthrough(image)
@@ -271,7 +325,11 @@ pub fn export(
         .iter()
         .map(|s| build(image, s))
         .collect::<Result<_>>()?;
-    let sizes: Vec<u64> = built.iter().map(|l| l.size()).collect();
+    let figures: Vec<LayerFigures> = specs
+        .iter()
+        .zip(&built)
+        .map(|(s, l)| LayerFigures::of(s, l))
+        .collect();
     let pass = passthrough(image);
     let mut names: Vec<String> = specs.iter().map(|s| s.file_name.clone()).collect();
     names.extend(pass.iter().map(|p| p.file_name.clone()));
@@ -314,7 +372,7 @@ pub fn export(
             progress(done, total);
         }
     }
-    let m = manifest(image, &specs, &sizes);
+    let m = manifest(image, &specs, &figures);
     let path = out.join("chain.json");
     std::fs::write(&path, format!("{m:#}\n")).map_err(|e| Error::io("write", &path, e))?;
     Ok(())

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use crate::chain::{Direction, LayerFigures, figures};
 use crate::check::{CheckReport, check};
 use crate::header::*;
 use crate::image::Image;
@@ -14,6 +15,16 @@ pub struct Info {
     image: Arc<Image>,
     check: CheckReport,
     in_use: bool,
+    /// Each chain's layers and what they store, or why they cannot be planned.
+    chains: Vec<(Direction, std::result::Result<Vec<LayerFigures>, String>)>,
+}
+
+/// The folder name of a chain.
+fn chain_folder(dir: Direction) -> &'static str {
+    match dir {
+        Direction::Reverse => "chain",
+        Direction::Forward => "forward",
+    }
 }
 
 impl Info {
@@ -23,6 +34,10 @@ impl Info {
             image: Arc::clone(image),
             check: check(image)?,
             in_use: crate::lock::in_use(image.path()),
+            chains: [Direction::Reverse, Direction::Forward]
+                .into_iter()
+                .map(|d| (d, figures(image, d).map_err(|e| e.to_string())))
+                .collect(),
         })
     }
 
@@ -149,6 +164,13 @@ impl Info {
             },
             "features": self.features(),
             "verdict": c.verdict(),
+            "layers": self.chains.iter().map(|(d, f)| {
+                let v = match f {
+                    Ok(f) => json!(f.iter().map(LayerFigures::to_json).collect::<Vec<_>>()),
+                    Err(e) => json!({"error": e}),
+                };
+                (chain_folder(*d).to_string(), v)
+            }).collect::<serde_json::Map<String, Value>>(),
         })
     }
 
@@ -301,8 +323,46 @@ impl Info {
             c.used_clusters,
             c.used_clusters * cs
         );
+        t.push_str(&self.layers_text());
         let _ = writeln!(t, "features: {}", self.features().join(", "));
         let _ = writeln!(t, "verdict: {}", c.verdict());
+        t
+    }
+}
+
+impl Info {
+    /// What each layer of each chain stores: what a backup will cost.
+    fn layers_text(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(t, "\n== layers ==");
+        for (d, f) in &self.chains {
+            let folder = chain_folder(*d);
+            let f = match f {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = writeln!(t, "{folder}/: cannot be planned: {e}");
+                    continue;
+                }
+            };
+            let total: u64 = f.iter().map(|l| l.size).sum();
+            let _ = writeln!(t, "{folder}/ ({total} bytes in layers)");
+            let _ = writeln!(
+                t,
+                "  {:<32}{:>14}{:>10}{:>12}{:>10}",
+                "FILE", "SIZE", "DATA", "COMPRESSED", "ZERO"
+            );
+            for l in f {
+                let _ = writeln!(
+                    t,
+                    "  {:<32}{:>14}{:>10}{:>12}{:>10}",
+                    l.file_name,
+                    l.size,
+                    l.stats.data_clusters,
+                    l.stats.compressed_clusters,
+                    l.stats.zero_clusters
+                );
+            }
+        }
         t
     }
 }

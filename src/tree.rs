@@ -278,11 +278,11 @@ impl ImageEntry {
         }
         let img = self.image()?;
         let specs = chain::layers(img, dir);
-        let sizes = specs
+        let figures = specs
             .iter()
-            .map(|s| self.layer(s).map(|l| l.size()))
+            .map(|s| Ok(chain::LayerFigures::of(s, &*self.layer(s)?)))
             .collect::<Result<Vec<_>>>()?;
-        let m = Arc::new(format!("{:#}\n", chain::manifest(img, &specs, &sizes)).into_bytes());
+        let m = Arc::new(format!("{:#}\n", chain::manifest(img, &specs, &figures)).into_bytes());
         self.manifests.lock().insert(dir, Arc::clone(&m));
         Ok(m)
     }
