@@ -1,6 +1,8 @@
 //! qcow2fs: read-only views of qcow2 images, their internal snapshots, and
 //! chains of external qcow2 layers synthesized from them.
 
+#![forbid(unsafe_code)]
+
 pub mod be;
 pub mod cache;
 pub mod chain;

@@ -7,7 +7,7 @@
 //! "write". A writer thus holds a lock on byte 101, which we probe with
 //! F_OFD_GETLK without taking any lock ourselves.
 
-use std::os::fd::AsRawFd;
+use nix::fcntl::{FcntlArg, fcntl};
 use std::path::Path;
 
 /// QEMU's lock byte for "this opener writes" (RAW_LOCK_PERM_BASE + write bit).
@@ -18,14 +18,14 @@ pub fn in_use(path: &Path) -> bool {
     let Ok(f) = crate::source::open_read_only(path) else {
         return false;
     };
-    // SAFETY: flock is plain old data; zeroed is a valid value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     // Ask whether an exclusive lock on the byte would conflict with anyone.
-    fl.l_type = libc::F_WRLCK as i16;
-    fl.l_whence = libc::SEEK_SET as i16;
-    fl.l_start = QEMU_WRITE_PERM_BYTE;
-    fl.l_len = 1;
-    // SAFETY: F_OFD_GETLK only fills in `fl`; the descriptor is ours.
-    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
-    r == 0 && fl.l_type != libc::F_UNLCK as i16
+    let mut fl = libc::flock {
+        l_type: libc::F_WRLCK as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: QEMU_WRITE_PERM_BYTE,
+        l_len: 1,
+        l_pid: 0,
+    };
+    let probed = fcntl(&f, FcntlArg::F_OFD_GETLK(&mut fl));
+    probed.is_ok() && fl.l_type != libc::F_UNLCK as i16
 }

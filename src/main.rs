@@ -1,6 +1,8 @@
 //! The `qcow2fs` command: argument parsing, logging and exit codes. All the
 //! work is done by the library.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

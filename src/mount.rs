@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use fuser::{Config, MountOption, SessionACL};
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, Signal};
 
 use crate::fuse::{Fs, MAX_READ};
 use crate::tree::{Tree, TreeOptions};
@@ -155,6 +157,13 @@ fn config(args: &MountArgs) -> Result<Config, MountError> {
 /// Mount and serve until unmounted or signalled.
 pub fn mount(args: &MountArgs) -> Result<(), MountError> {
     let cfg = config(args)?;
+    let detached = std::env::var_os(DETACHED_ENV).is_some();
+    if detached {
+        // The serving copy that `--daemon` started: a session of its own,
+        // no hold on the folder it was started in.
+        let _ = nix::unistd::setsid();
+        let _ = std::env::set_current_dir("/");
+    }
     if !args.image_dir.is_dir() {
         return fail(format!(
             "{}: IMAGE_DIR is not a folder",
@@ -177,6 +186,9 @@ pub fn mount(args: &MountArgs) -> Result<(), MountError> {
             mp.display()
         ));
     }
+    if args.daemon && !detached {
+        return daemonize(&mp);
+    }
     let tree = Tree::new(
         &args.image_dir,
         &TreeOptions {
@@ -188,14 +200,11 @@ pub fn mount(args: &MountArgs) -> Result<(), MountError> {
     .map_err(|e| MountError(e.to_string()))?;
     // Block the signals before any thread starts, so that only the waiter
     // below receives them.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: sigset manipulation on a local set.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()
+        .map_err(|e| MountError(format!("blocking signals: {e}")))?;
     let fs = Fs::new(tree);
     // As root, mount(2) directly, so that the file system type carries the
     // subtype (fuse.qcow2fs); otherwise let fuser go through fusermount.
@@ -206,7 +215,7 @@ pub fn mount(args: &MountArgs) -> Result<(), MountError> {
             let target = mp.clone();
             (session, Box::new(move || detach(&target)))
         }
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+        Err(e) if e.raw_os_error() == Some(Errno::EPERM as i32) => {
             let mut session = fuser::Session::new(fs, &mp, &cfg)
                 .map_err(|e| MountError(format!("{}: mount failed: {e}", mp.display())))?;
             let mut u = session.unmount_callable();
@@ -222,14 +231,11 @@ pub fn mount(args: &MountArgs) -> Result<(), MountError> {
         Err(e) => return fail(format!("{}: mount failed: {e}", mp.display())),
     };
     raise_readahead(&mp);
-    if args.daemon {
-        daemonize()?;
-    }
     std::thread::spawn(move || {
-        let mut sig = 0;
-        // SAFETY: waits for one of the blocked signals.
-        unsafe { libc::sigwait(&set, &mut sig) };
-        log::info!("signal {sig}: unmounting");
+        match set.wait() {
+            Ok(sig) => log::info!("{sig}: unmounting"),
+            Err(e) => log::warn!("waiting for signals: {e}; unmounting"),
+        }
         unmount();
     });
     session
@@ -240,7 +246,7 @@ pub fn mount(args: &MountArgs) -> Result<(), MountError> {
 /// Open /dev/fuse and mount it read-only at `mp` with type
 /// `fuse.<subtype>`. Needs CAP_SYS_ADMIN (EPERM otherwise).
 fn kernel_mount(mp: &Path, cfg: &Config) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::ffi::CString;
+    use nix::mount::MsFlags;
     use std::os::fd::{AsRawFd, OwnedFd};
     let dev = std::fs::OpenOptions::new()
         .read(true)
@@ -249,8 +255,7 @@ fn kernel_mount(mp: &Path, cfg: &Config) -> std::io::Result<std::os::fd::OwnedFd
     let fd: OwnedFd = dev.into();
     let mut fsname = "qcow2fs".to_string();
     let mut subtype = "qcow2fs".to_string();
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
     let mut data = format!(
         "fd={},rootmode=40000,user_id={uid},group_id={gid}",
         fd.as_raw_fd()
@@ -266,44 +271,22 @@ fn kernel_mount(mp: &Path, cfg: &Config) -> std::io::Result<std::os::fd::OwnedFd
     if cfg.acl != SessionACL::Owner {
         data.push_str(",allow_other");
     }
-    let c = |s: &str| {
-        CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
-    };
-    let (src, target, ty, data) = (
-        c(&fsname)?,
-        c(&mp.to_string_lossy())?,
-        c(&format!("fuse.{subtype}"))?,
-        c(&data)?,
-    );
-    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-    // SAFETY: all pointers are valid NUL-terminated strings for the call.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            ty.as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let ty = format!("fuse.{subtype}");
+    nix::mount::mount(
+        Some(fsname.as_str()),
+        mp,
+        Some(ty.as_str()),
+        flags,
+        Some(data.as_str()),
+    )?;
     Ok(fd)
 }
 
 /// Unmount what `kernel_mount` mounted; the session then ends.
 fn detach(mp: &Path) {
-    let Ok(c) = std::ffi::CString::new(mp.to_string_lossy().as_bytes()) else {
-        return;
-    };
-    // SAFETY: a valid path string.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-        log::warn!(
-            "unmount {}: {}",
-            mp.display(),
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH) {
+        log::warn!("unmount {}: {e}", mp.display());
     }
 }
 
@@ -316,26 +299,44 @@ fn raise_readahead(mp: &Path) {
     }
 }
 
-/// Detach: the parent exits 0 once the mount exists; the child serves it.
-fn daemonize() -> Result<(), MountError> {
-    // SAFETY: no other thread exists yet (the session's threads start in
-    // run), so fork is safe.
-    match unsafe { libc::fork() } {
-        -1 => fail(format!("fork: {}", std::io::Error::last_os_error())),
-        0 => {
-            // SAFETY: plain system calls in the child.
-            unsafe {
-                libc::setsid();
-                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-                if null >= 0 {
-                    libc::dup2(null, 0);
-                    libc::dup2(null, 1);
-                    libc::dup2(null, 2);
-                }
-            }
-            let _ = std::env::set_current_dir("/");
-            Ok(())
+/// Set in the environment of the copy of `qcow2fs mount` that `--daemon`
+/// starts to serve the mount.
+const DETACHED_ENV: &str = "QCOW2FS_DETACHED";
+
+/// How long `--daemon` waits for the serving copy to mount.
+const DAEMON_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Detach: start this command again, detached, to serve the mount, and
+/// return once the mount exists (or fail with the server's own exit).
+fn daemonize(mp: &Path) -> Result<(), MountError> {
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe().map_err(|e| MountError(format!("own executable: {e}")))?;
+    let mut child = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(DETACHED_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| MountError(format!("starting the server: {e}")))?;
+    let start = std::time::Instant::now();
+    loop {
+        if mount_device(mp).is_some() {
+            return Ok(());
         }
-        _ => std::process::exit(0),
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                return fail(format!("the server exited before mounting ({status})"));
+            }
+            Ok(None) => {}
+            Err(e) => return fail(format!("waiting for the server: {e}")),
+        }
+        if start.elapsed() > DAEMON_START_TIMEOUT {
+            return fail(format!(
+                "{}: not mounted after {DAEMON_START_TIMEOUT:?}",
+                mp.display()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

@@ -1002,17 +1002,15 @@ impl Tree {
 
     /// Figures for statfs: (total 512-byte blocks of IMAGE_DIR's file system, files).
     pub fn statfs(&self) -> (u64, u64) {
-        let c =
-            std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes()).unwrap_or_default();
-        // SAFETY: statvfs fills the struct we pass; the path is a valid C string.
-        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(c.as_ptr(), &mut s) } == 0 {
-            (
-                s.f_blocks * s.f_frsize / 512,
+        match nix::sys::statvfs::statvfs(&self.root) {
+            Ok(s) => (
+                s.blocks() * s.fragment_size() / 512,
                 self.inodes.lock().1.len() as u64,
-            )
-        } else {
-            (0, 0)
+            ),
+            Err(e) => {
+                log::debug!("statvfs {}: {e}", self.root.display());
+                (0, 0)
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Every file of the tree is a view. A qcow2 state is a view over its image
 //! file and its backing view; a plain file is a view of itself.
 
-use std::os::fd::AsRawFd;
+use nix::unistd::Whence;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -112,17 +112,17 @@ impl View for RawView {
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let end = offset.saturating_add(len).min(self.size());
         let mut out = Vec::new();
-        let fd = self.file.file().as_raw_fd();
+        let fd = self.file.file();
         let mut pos = offset;
         while pos < end {
             // SEEK_DATA/SEEK_HOLE tell where the file system stored data; a
             // file system that does not know reports all data.
-            let data = seek(fd, pos, libc::SEEK_DATA).unwrap_or(end).min(end);
+            let data = seek(fd, pos, Whence::SeekData).unwrap_or(end).min(end);
             push_extent(&mut out, pos, data - pos, ExtentKind::Hole);
             if data >= end {
                 break;
             }
-            let hole = seek(fd, data, libc::SEEK_HOLE).unwrap_or(end).min(end);
+            let hole = seek(fd, data, Whence::SeekHole).unwrap_or(end).min(end);
             push_extent(&mut out, data, hole - data, ExtentKind::Data);
             pos = hole;
         }
@@ -130,10 +130,9 @@ impl View for RawView {
     }
 }
 
-fn seek(fd: i32, pos: u64, whence: i32) -> Option<u64> {
+fn seek(fd: &std::fs::File, pos: u64, whence: Whence) -> Option<u64> {
     let pos = i64::try_from(pos).ok()?;
-    // SAFETY: lseek on a file descriptor we own; it has no memory effects.
-    let r = unsafe { libc::lseek(fd, pos, whence) };
+    let r = nix::unistd::lseek(fd, pos, whence).ok()?;
     u64::try_from(r).ok()
 }
 
