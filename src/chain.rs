@@ -18,11 +18,11 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::header::Header;
 use crate::image::{Image, StateId, is_qcow2};
 use crate::layer::plan::PlanStats;
 use crate::layer::{BackingRef, ClusterMap, Layer};
 use crate::names::snapshot_stems;
+use crate::qcow2::header::Header;
 use crate::source::SourceFile;
 use crate::view::View;
 

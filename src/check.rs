@@ -5,14 +5,14 @@
 
 use std::sync::Arc;
 
-use crate::be::{Be, be64_table};
-use crate::cluster::{
+use crate::error::Result;
+use crate::image::Image;
+use crate::qcow2::be::{Be, be64_table};
+use crate::qcow2::cluster::{
     L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED, QCOW_OFLAG_COPIED, REFT_OFFSET_MASK,
 };
-use crate::error::Result;
-use crate::header::{AUTOCLEAR_BITMAPS, BitmapDirectory, INCOMPAT_DATA_FILE};
-use crate::image::Image;
-use crate::refcount::Refcounts;
+use crate::qcow2::header::{AUTOCLEAR_BITMAPS, BitmapDirectory, INCOMPAT_DATA_FILE};
+use crate::qcow2::refcount::Refcounts;
 
 /// L1 entry bits that must be zero (1-8 and 56-62).
 const L1E_RESERVED_MASK: u64 = 0x7f00_0000_0000_01ff;
@@ -420,14 +420,14 @@ impl Walk<'_> {
                         "ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry={entry:#x}"
                     ));
                 }
-                let entry = crate::cluster::decode_l2(
+                let entry = crate::qcow2::cluster::decode_l2(
                     entry & !QCOW_OFLAG_COPIED,
                     None,
                     self.cluster_bits,
                     geo,
                     &String::new,
                 );
-                if let Ok(crate::cluster::L2Entry::Compressed { host, len }) = entry {
+                if let Ok(crate::qcow2::cluster::L2Entry::Compressed { host, len }) = entry {
                     self.inc(host.0, len);
                     let first = host.0 >> self.cluster_bits;
                     let last = (host.0 + len - 1) >> self.cluster_bits;

@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::be::be64_table;
 use crate::cache::Caches;
-use crate::cluster::{self, CompressedGeometry, L2Entry, SUBCLUSTERS, SubclusterKind};
-use crate::compress::decompress;
 use crate::error::{Error, Result};
-use crate::header::{Header, INCOMPAT_DATA_FILE, QCOW2_MAGIC};
-use crate::offsets::{GuestOffset, HostOffset};
-use crate::snapshot::{Snapshot, read_snapshots};
+use crate::qcow2::be::be64_table;
+use crate::qcow2::cluster::{self, CompressedGeometry, L2Entry, SUBCLUSTERS, SubclusterKind};
+use crate::qcow2::compress::decompress;
+use crate::qcow2::header::{Header, INCOMPAT_DATA_FILE, QCOW2_MAGIC};
+use crate::qcow2::offsets::{GuestOffset, HostOffset};
+use crate::qcow2::snapshot::{Snapshot, read_snapshots};
 use crate::source::SourceFile;
 use crate::view::{Extent, ExtentKind, RawView, View, clip, push_extent};
 

@@ -3,25 +3,19 @@
 
 #![forbid(unsafe_code)]
 
-pub mod be;
 pub mod cache;
 pub mod chain;
 pub mod check;
 pub mod cli;
-pub mod cluster;
-pub mod compress;
 pub mod error;
 pub mod fuse;
-pub mod header;
 pub mod image;
 pub mod layer;
 pub mod lock;
 pub mod mount;
 pub mod names;
-pub mod offsets;
-pub mod refcount;
+pub mod qcow2;
 pub mod report;
-pub mod snapshot;
 pub mod source;
 pub mod tree;
 pub mod view;

@@ -11,7 +11,7 @@
 //! being the snapshot's position in the table. A safe, unique name is never
 //! changed by the presence of other snapshots.
 
-use crate::snapshot::Snapshot;
+use crate::qcow2::snapshot::Snapshot;
 
 /// Longest name kept as it is, leaving room for suffixes within the 255
 /// bytes a Linux file name may have.

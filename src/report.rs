@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 
 use crate::chain::{Direction, LayerFigures, figures};
 use crate::check::{CheckReport, check};
-use crate::header::*;
 use crate::image::Image;
+use crate::qcow2::header::*;
 
 /// Everything `info` says about an image.
 pub struct Info {

@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::image::{Image, OpenOptions, State, StateId, VmState, is_qcow2};
 use crate::layer::{ClusterMap, Layer};
 use crate::names::snapshot_stems;
+use crate::qcow2::snapshot::Snapshot;
 use crate::report::{Info, open_error_text};
-use crate::snapshot::Snapshot;
 use crate::view::{ExtentKind, RawView, View};
 
 /// Inode number of the root folder.

@@ -154,7 +154,8 @@ fn persistent_bitmaps_are_counted_as_qemu_img_counts() {
     qemu_img(&["bitmap", "--add", "-g", "4096", p, "b1"]);
     snapshot(&img, "s");
     qemu_io(&img, "qcow2", &["write -P 3 8M 1M"]);
-    let header = qcow2fs::header::Header::read(&qcow2fs::source::SourceFile::open(&img).unwrap());
+    let header =
+        qcow2fs::qcow2::header::Header::read(&qcow2fs::source::SourceFile::open(&img).unwrap());
     let dir = header
         .unwrap()
         .bitmap_directory

@@ -88,7 +88,7 @@ fn l1_table_at_its_limit_with_every_entry_on_one_l2_table() {
     assert!(String::from_utf8_lossy(&ls.stdout).contains("info"));
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
     let rss = peak_rss(m.child.as_ref().unwrap().id());
-    let bound = (64 << 20) + (16 << 20) + 3 * qcow2fs::header::MAX_L1_BYTES;
+    let bound = (64 << 20) + (16 << 20) + 3 * qcow2fs::qcow2::header::MAX_L1_BYTES;
     assert!(rss < bound, "peak RSS {rss} > {bound}");
 }
 

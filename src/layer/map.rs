@@ -333,7 +333,7 @@ impl ClusterMap {
 /// `m` as seen `k` bytes into a run that starts with it.
 fn shifted(m: Mapping, k: u64) -> Mapping {
     match m {
-        Mapping::Data(h) => Mapping::Data(crate::offsets::HostOffset(h.0 + k)),
+        Mapping::Data(h) => Mapping::Data(crate::qcow2::offsets::HostOffset(h.0 + k)),
         Mapping::Compressed { host, len, within } => Mapping::Compressed {
             host,
             len,

@@ -27,8 +27,10 @@ pub mod plan;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::header::{CompressionType, QCOW2_MAGIC};
 use crate::image::State;
+use crate::qcow2::cluster::{CompressedGeometry, L2Entry, encode_l1};
+use crate::qcow2::header::LayerHeader;
+use crate::qcow2::offsets::HostOffset;
 use crate::view::{Extent, View, all_data, clip};
 
 pub use map::{ClusterMap, MAX_MAP_RUNS};
@@ -36,12 +38,6 @@ use plan::{LayerPlan, Plan, PlanRun, PlanStats, sector_span};
 
 /// Refcount width of generated layers (16 bits, QEMU's default).
 const LAYER_REFCOUNT_ORDER: u32 = 4;
-/// Header length of generated layers (v3 with the compression type byte).
-const LAYER_HEADER_LENGTH: u32 = 112;
-const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
-const COPIED: u64 = 1 << 63;
-const COMPRESSED: u64 = 1 << 62;
-const ZERO: u64 = 1;
 
 /// Where a layer's backing file is, as written into the layer.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -62,14 +58,13 @@ pub struct Layer {
     l2_present: Vec<u64>,
     header: Vec<u8>,
     reftable_offset: u64,
-    reftable_clusters: u64,
     refblocks_offset: u64,
     l1_offset: u64,
     l1_size: u64,
     l2_offset: u64,
     data_offset: u64,
     total_clusters: u64,
-    csize_shift: u32,
+    geo: CompressedGeometry,
 }
 
 impl Layer {
@@ -129,66 +124,38 @@ impl Layer {
             l2_present,
             header: Vec::new(),
             reftable_offset,
-            reftable_clusters: rt,
             refblocks_offset,
             l1_offset,
             l1_size,
             l2_offset,
             data_offset,
             total_clusters,
-            csize_shift: 62 - (cb - 8),
+            geo: CompressedGeometry::new(cb),
         };
-        layer.header = layer.build_header(h.compression_type, backing.as_ref())?;
+        layer.header = LayerHeader {
+            cluster_bits: cb,
+            size: layer.x.size(),
+            l1_size: u32::try_from(l1_size).map_err(|_| Error::TooLarge {
+                what: "L1 table of a layer",
+                value: l1_size,
+                limit: u64::from(u32::MAX),
+            })?,
+            l1_table_offset: l1_offset,
+            refcount_table_offset: reftable_offset,
+            refcount_table_clusters: rt as u32,
+            refcount_order: LAYER_REFCOUNT_ORDER,
+            compression_type: h.compression_type,
+            backing: backing
+                .as_ref()
+                .map(|b| (b.name.as_str(), b.format.as_str())),
+        }
+        .encode()?;
         Ok(layer)
     }
 
     /// What the layer stores: data, compressed and zero clusters.
     pub fn stats(&self) -> PlanStats {
         self.stats
-    }
-
-    fn build_header(&self, ct: CompressionType, backing: Option<&BackingRef>) -> Result<Vec<u8>> {
-        let cs = 1usize << self.cluster_bits;
-        let mut b = vec![0u8; 112];
-        let put32 =
-            |b: &mut Vec<u8>, o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_be_bytes());
-        let put64 =
-            |b: &mut Vec<u8>, o: usize, v: u64| b[o..o + 8].copy_from_slice(&v.to_be_bytes());
-        put32(&mut b, 0, QCOW2_MAGIC);
-        put32(&mut b, 4, 3);
-        put32(&mut b, 20, self.cluster_bits);
-        put64(&mut b, 24, self.x.size());
-        put32(&mut b, 36, self.l1_size as u32);
-        put64(&mut b, 40, self.l1_offset);
-        put64(&mut b, 48, self.reftable_offset);
-        put32(&mut b, 56, self.reftable_clusters as u32);
-        let zstd = ct == CompressionType::Zstd;
-        put64(&mut b, 72, if zstd { 1 << 3 } else { 0 });
-        put32(&mut b, 96, LAYER_REFCOUNT_ORDER);
-        put32(&mut b, 100, LAYER_HEADER_LENGTH);
-        b[104] = u8::from(zstd);
-        if let Some(bk) = backing {
-            let fmt = bk.format.as_bytes();
-            b.extend_from_slice(&EXT_BACKING_FORMAT.to_be_bytes());
-            b.extend_from_slice(&(fmt.len() as u32).to_be_bytes());
-            b.extend_from_slice(fmt);
-            b.resize(b.len().div_ceil(8) * 8, 0);
-        }
-        b.extend_from_slice(&[0u8; 8]);
-        if let Some(bk) = backing {
-            let name = bk.name.as_bytes();
-            let off = b.len();
-            put64(&mut b, 8, off as u64);
-            put32(&mut b, 16, name.len() as u32);
-            b.extend_from_slice(name);
-        }
-        if b.len() > cs {
-            return Err(Error::Unsupported {
-                feature: format!("backing file name too long for a {cs}-byte header cluster"),
-            });
-        }
-        b.resize(cs, 0);
-        Ok(b)
     }
 
     /// The plan run holding guest cluster `c`.
@@ -206,17 +173,19 @@ impl Layer {
     fn l2_entry(&self, c: u64) -> u64 {
         let cs = 1u64 << self.cluster_bits;
         let Some(r) = self.run_of(c) else { return 0 };
-        match r.plan {
-            Plan::Unallocated => 0,
-            Plan::Zero => ZERO,
-            Plan::Data => (self.data_offset + r.at + (c - r.start) * cs) | COPIED,
-            Plan::Compressed { host, len } => {
-                let (start, span) = sector_span(host, len);
-                let at = self.data_offset + r.at + (host - start);
-                let extra_sectors = span / plan::SECTOR - 1;
-                COMPRESSED | (extra_sectors << self.csize_shift) | at
-            }
-        }
+        let entry = match r.plan {
+            Plan::Unallocated => L2Entry::Unallocated,
+            Plan::Zero => L2Entry::Zero { host: None },
+            Plan::Data => L2Entry::Data {
+                host: HostOffset(self.data_offset + r.at + (c - r.start) * cs),
+            },
+            // The same sector count, the same offset within the first sector.
+            Plan::Compressed { host, len } => L2Entry::Compressed {
+                host: HostOffset(self.data_offset + r.at + (host - sector_span(host, len).0)),
+                len,
+            },
+        };
+        entry.encode(self.geo)
     }
 
     /// The refcount of file cluster `k`.
@@ -277,7 +246,9 @@ impl Layer {
         } else if pos < self.l2_offset {
             let first = (pos - self.l1_offset) / 8;
             fill_entries(out, first, &|i| match self.l2_present.binary_search(&i) {
-                Ok(rank) if i < self.l1_size => (self.l2_offset + rank as u64 * cs) | COPIED,
+                Ok(rank) if i < self.l1_size => {
+                    encode_l1(Some(HostOffset(self.l2_offset + rank as u64 * cs)))
+                }
                 _ => 0,
             });
         } else {

@@ -6,7 +6,7 @@
 use std::io::Read;
 
 use crate::error::{Error, Result};
-use crate::header::CompressionType;
+use crate::qcow2::header::CompressionType;
 
 /// Decompress the data of one compressed cluster found at `host` into exactly
 /// `cluster_size` bytes. Input bytes after the end of the stream are ignored,

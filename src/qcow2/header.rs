@@ -1,7 +1,7 @@
 //! The qcow2 header and its extensions (docs/interop/qcow2.txt, "Header").
 
-use crate::be::Be;
 use crate::error::{Error, Result};
+use crate::qcow2::be::Be;
 use crate::source::SourceFile;
 
 /// "QFI\xfb": the first four bytes of every qcow2 file.
@@ -46,6 +46,34 @@ pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
 pub const AUTOCLEAR_BITMAPS: u64 = 1 << 0;
 /// Autoclear feature bit 1: the external data file is raw (guest = host offsets).
 pub const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
+
+/// Byte offsets of the header fields (spec, "Header"), used by both the
+/// decoder and the encoder.
+mod field {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 4;
+    pub const BACKING_FILE_OFFSET: usize = 8;
+    pub const BACKING_FILE_SIZE: usize = 16;
+    pub const CLUSTER_BITS: usize = 20;
+    pub const SIZE: usize = 24;
+    pub const CRYPT_METHOD: usize = 32;
+    pub const L1_SIZE: usize = 36;
+    pub const L1_TABLE_OFFSET: usize = 40;
+    pub const REFCOUNT_TABLE_OFFSET: usize = 48;
+    pub const REFCOUNT_TABLE_CLUSTERS: usize = 56;
+    pub const NB_SNAPSHOTS: usize = 60;
+    pub const SNAPSHOTS_OFFSET: usize = 64;
+    pub const INCOMPATIBLE_FEATURES: usize = 72;
+    pub const COMPATIBLE_FEATURES: usize = 80;
+    pub const AUTOCLEAR_FEATURES: usize = 88;
+    pub const REFCOUNT_ORDER: usize = 96;
+    pub const HEADER_LENGTH: usize = 100;
+    pub const COMPRESSION_TYPE: usize = 104;
+}
+
+/// Length of the version 3 header with the compression type field, padded
+/// to 8 bytes: what [`LayerHeader::encode`] writes.
+pub const V3_HEADER_LENGTH: u32 = 112;
 
 const EXT_END: u32 = 0;
 const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
@@ -175,18 +203,18 @@ impl Header {
         }
         file.read_exact_at(&mut first[..avail], 0, "header")?;
         let be = Be::new(&first[..avail], "header");
-        if be.u32(0)? != QCOW2_MAGIC {
+        if be.u32(field::MAGIC)? != QCOW2_MAGIC {
             return Err(Error::NotQcow2 {
                 path: file.path().to_path_buf(),
             });
         }
-        let version = be.u32(4)?;
+        let version = be.u32(field::VERSION)?;
         if version != 2 && version != 3 {
             return Err(Error::Unsupported {
                 feature: format!("qcow2 version {version}"),
             });
         }
-        let cluster_bits = be.u32(20)?;
+        let cluster_bits = be.u32(field::CLUSTER_BITS)?;
         if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
             return Err(Error::corrupt(
                 "header",
@@ -199,7 +227,7 @@ impl Header {
         let header_length = if version == 2 {
             V2_HEADER_LENGTH
         } else {
-            be.u32(100)?
+            be.u32(field::HEADER_LENGTH)?
         };
         if version == 3 && (header_length < V3_MIN_HEADER_LENGTH || header_length % 8 != 0) {
             return Err(Error::corrupt(
@@ -220,12 +248,17 @@ impl Header {
 
         let (incompatible_features, compatible_features, autoclear_features, refcount_order) =
             if version == 3 {
-                (be.u64(72)?, be.u64(80)?, be.u64(88)?, be.u32(96)?)
+                (
+                    be.u64(field::INCOMPATIBLE_FEATURES)?,
+                    be.u64(field::COMPATIBLE_FEATURES)?,
+                    be.u64(field::AUTOCLEAR_FEATURES)?,
+                    be.u32(field::REFCOUNT_ORDER)?,
+                )
             } else {
                 (0, 0, 0, 4)
             };
         let compression_type = if version == 3 && header_length > 104 {
-            match be.u8(104)? {
+            match be.u8(field::COMPRESSION_TYPE)? {
                 0 => CompressionType::Zlib,
                 1 => CompressionType::Zstd,
                 t => {
@@ -247,17 +280,17 @@ impl Header {
         }
         let mut h = Header {
             version,
-            backing_file_offset: be.u64(8)?,
-            backing_file_size: be.u32(16)?,
+            backing_file_offset: be.u64(field::BACKING_FILE_OFFSET)?,
+            backing_file_size: be.u32(field::BACKING_FILE_SIZE)?,
             cluster_bits,
-            size: be.u64(24)?,
-            crypt_method: be.u32(32)?,
-            l1_size: be.u32(36)?,
-            l1_table_offset: be.u64(40)?,
-            refcount_table_offset: be.u64(48)?,
-            refcount_table_clusters: be.u32(56)?,
-            nb_snapshots: be.u32(60)?,
-            snapshots_offset: be.u64(64)?,
+            size: be.u64(field::SIZE)?,
+            crypt_method: be.u32(field::CRYPT_METHOD)?,
+            l1_size: be.u32(field::L1_SIZE)?,
+            l1_table_offset: be.u64(field::L1_TABLE_OFFSET)?,
+            refcount_table_offset: be.u64(field::REFCOUNT_TABLE_OFFSET)?,
+            refcount_table_clusters: be.u32(field::REFCOUNT_TABLE_CLUSTERS)?,
+            nb_snapshots: be.u32(field::NB_SNAPSHOTS)?,
+            snapshots_offset: be.u64(field::SNAPSHOTS_OFFSET)?,
             incompatible_features,
             compatible_features,
             autoclear_features,
@@ -473,5 +506,83 @@ pub fn validate_table(
             len: bytes,
             file_len: file.len(),
         }),
+    }
+}
+
+/// The header of a synthesized layer: a qcow2 v3 header over an optional
+/// backing file, with no snapshots and 16-bit or other refcounts.
+pub struct LayerHeader<'a> {
+    /// log2 of the cluster size.
+    pub cluster_bits: u32,
+    /// Virtual size in bytes.
+    pub size: u64,
+    /// Entries of the L1 table.
+    pub l1_size: u32,
+    /// Where the L1 table is.
+    pub l1_table_offset: u64,
+    /// Where the refcount table is.
+    pub refcount_table_offset: u64,
+    /// Clusters of the refcount table.
+    pub refcount_table_clusters: u32,
+    /// log2 of the refcount width in bits.
+    pub refcount_order: u32,
+    /// How compressed clusters are encoded.
+    pub compression_type: CompressionType,
+    /// Backing file name and format, if any.
+    pub backing: Option<(&'a str, &'a str)>,
+}
+
+impl LayerHeader<'_> {
+    /// The first cluster of the file: header, backing format extension,
+    /// end of extensions, then the backing file name.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let cs = 1usize << self.cluster_bits;
+        let mut b = vec![0u8; V3_HEADER_LENGTH as usize];
+        let put32 = |b: &mut [u8], o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_be_bytes());
+        let put64 = |b: &mut [u8], o: usize, v: u64| b[o..o + 8].copy_from_slice(&v.to_be_bytes());
+        let zstd = self.compression_type == CompressionType::Zstd;
+        put32(&mut b, field::MAGIC, QCOW2_MAGIC);
+        put32(&mut b, field::VERSION, 3);
+        put32(&mut b, field::CLUSTER_BITS, self.cluster_bits);
+        put64(&mut b, field::SIZE, self.size);
+        put32(&mut b, field::L1_SIZE, self.l1_size);
+        put64(&mut b, field::L1_TABLE_OFFSET, self.l1_table_offset);
+        put64(
+            &mut b,
+            field::REFCOUNT_TABLE_OFFSET,
+            self.refcount_table_offset,
+        );
+        put32(
+            &mut b,
+            field::REFCOUNT_TABLE_CLUSTERS,
+            self.refcount_table_clusters,
+        );
+        let incompatible = if zstd { INCOMPAT_COMPRESSION } else { 0 };
+        put64(&mut b, field::INCOMPATIBLE_FEATURES, incompatible);
+        put32(&mut b, field::REFCOUNT_ORDER, self.refcount_order);
+        put32(&mut b, field::HEADER_LENGTH, V3_HEADER_LENGTH);
+        b[field::COMPRESSION_TYPE] = u8::from(zstd);
+        if let Some((_, format)) = self.backing {
+            let fmt = format.as_bytes();
+            b.extend_from_slice(&EXT_BACKING_FORMAT.to_be_bytes());
+            b.extend_from_slice(&(fmt.len() as u32).to_be_bytes());
+            b.extend_from_slice(fmt);
+            b.resize(b.len().next_multiple_of(8), 0);
+        }
+        b.extend_from_slice(&EXT_END.to_be_bytes());
+        b.extend_from_slice(&0u32.to_be_bytes());
+        if let Some((name, _)) = self.backing {
+            let at = b.len() as u64;
+            put64(&mut b, field::BACKING_FILE_OFFSET, at);
+            put32(&mut b, field::BACKING_FILE_SIZE, name.len() as u32);
+            b.extend_from_slice(name.as_bytes());
+        }
+        if b.len() > cs {
+            return Err(Error::Unsupported {
+                feature: format!("backing file name too long for a {cs}-byte header cluster"),
+            });
+        }
+        b.resize(cs, 0);
+        Ok(b)
     }
 }

@@ -5,7 +5,7 @@
 //! everything else matches on [`L2Entry`] and [`SubclusterKind`].
 
 use crate::error::{Error, Result};
-use crate::offsets::HostOffset;
+use crate::qcow2::offsets::HostOffset;
 
 /// L1 entry bits 9-55: offset of the L2 table.
 pub const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
@@ -166,7 +166,28 @@ pub fn decode_l2(
     })
 }
 
+/// Encode an L1 entry pointing at the L2 table at `l2` (refcount one).
+pub fn encode_l1(l2: Option<HostOffset>) -> u64 {
+    l2.map_or(0, |o| o.0 | QCOW_OFLAG_COPIED)
+}
+
 impl L2Entry {
+    /// Encode as a standard (64-bit) L2 entry, as a writer of a new image
+    /// whose every data cluster has refcount one. Subcluster entries have
+    /// no standard form and encode as unallocated.
+    pub fn encode(&self, geo: CompressedGeometry) -> u64 {
+        match *self {
+            L2Entry::Unallocated | L2Entry::Subclusters { .. } => 0,
+            L2Entry::Zero { host } => host.map_or(0, |h| h.0) | QCOW_OFLAG_ZERO,
+            L2Entry::Data { host } => host.0 | QCOW_OFLAG_COPIED,
+            L2Entry::Compressed { host, len } => {
+                let nb_csectors = (len + (host.0 & 511)).div_ceil(512);
+                let extra = (nb_csectors.saturating_sub(1)) & geo.csize_mask;
+                QCOW_OFLAG_COMPRESSED | (extra << geo.csize_shift) | (host.0 & geo.offset_mask)
+            }
+        }
+    }
+
     /// The state of subcluster `sc` (0 without extended L2) of size `sc_size`.
     pub fn subcluster(&self, sc: u32, sc_size: u64) -> SubclusterKind {
         match *self {
@@ -230,6 +251,29 @@ mod tests {
                 len: 4 * 512 - 0x145
             }
         );
+    }
+
+    #[test]
+    fn encodes_what_it_decodes() {
+        let geo = CompressedGeometry::new(16);
+        for e in [
+            L2Entry::Unallocated,
+            L2Entry::Zero { host: None },
+            L2Entry::Data {
+                host: HostOffset(0x70000),
+            },
+            L2Entry::Compressed {
+                host: HostOffset(0x12345),
+                len: 4 * 512 - 0x145,
+            },
+        ] {
+            assert_eq!(decode_l2(e.encode(geo), None, 16, geo, &what).unwrap(), e);
+        }
+        assert_eq!(
+            encode_l1(Some(HostOffset(0x30000))),
+            QCOW_OFLAG_COPIED | 0x30000
+        );
+        assert_eq!(encode_l1(None), 0);
     }
 
     #[test]

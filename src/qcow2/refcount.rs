@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use crate::be::be64_table;
-use crate::cluster::REFT_OFFSET_MASK;
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::offsets::HostOffset;
+use crate::qcow2::be::be64_table;
+use crate::qcow2::cluster::REFT_OFFSET_MASK;
+use crate::qcow2::offsets::HostOffset;
 
 /// The refcount table of an image, loaded once, with blocks read through the
 /// image's refcount-block cache.

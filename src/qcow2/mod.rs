@@ -1,0 +1,10 @@
+//! The qcow2 format (docs/interop/qcow2.txt): every on-disk structure is
+//! decoded, and where layers write it encoded, here and nowhere else.
+
+pub mod be;
+pub mod cluster;
+pub mod compress;
+pub mod header;
+pub mod offsets;
+pub mod refcount;
+pub mod snapshot;
