@@ -1,0 +1,178 @@
+//! Attributes: kind, size, st_blocks, permissions and times of every node.
+
+use std::os::unix::fs::MetadataExt;
+use std::time::SystemTime;
+
+use super::Tree;
+use super::entry::ImageEntry;
+use super::freshness::{mtime_of, snapshot_time};
+use super::node::Node;
+use super::seek::SEEK_WINDOW;
+use crate::error::{Error, Result};
+use crate::image::StateId;
+use crate::view::{ExtentKind, View};
+
+/// File or folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A folder.
+    Dir,
+    /// A regular file.
+    File,
+}
+
+/// The attributes of a node.
+#[derive(Clone, Debug)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// File or folder.
+    pub kind: Kind,
+    /// Size in bytes.
+    pub size: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    /// Modification time.
+    pub mtime: SystemTime,
+    /// Permission bits (never a write bit).
+    pub perm: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
+impl Tree {
+    pub(super) fn attr(&self, ino: u64, node: &Node) -> Result<Attr> {
+        let base =
+            |meta: &std::fs::Metadata, kind: Kind, size: u64, blocks: u64, mtime: SystemTime| {
+                let read = (meta.mode() & 0o444) as u16;
+                // Folders get x where they get r, so they can be entered.
+                let perm = if kind == Kind::Dir {
+                    read | (read >> 2)
+                } else {
+                    read
+                };
+                Attr {
+                    ino,
+                    kind,
+                    size,
+                    blocks,
+                    mtime,
+                    perm,
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                }
+            };
+        match node {
+            Node::Dir(rel) => {
+                let (_, m) = self.source(rel)?;
+                Ok(base(&m, Kind::Dir, 0, 0, mtime_of(&m)))
+            }
+            Node::Plain(rel) => {
+                let (_, m) = self.source(rel)?;
+                Ok(base(&m, Kind::File, m.len(), m.blocks(), mtime_of(&m)))
+            }
+            Node::Image(rel) | Node::SnapDir(rel) => {
+                let e = self.entry(rel)?;
+                Ok(base(&e.meta, Kind::Dir, 0, 0, mtime_of(&e.meta)))
+            }
+            Node::Info(rel, json) => {
+                let e = self.entry(rel)?;
+                let (t, j) = e.info(rel);
+                let len = if *json { j.len() } else { t.len() } as u64;
+                Ok(base(
+                    &e.meta,
+                    Kind::File,
+                    len,
+                    len.div_ceil(512),
+                    mtime_of(&e.meta),
+                ))
+            }
+            Node::Active(rel) => {
+                let e = self.entry(rel)?;
+                let s = e.state(StateId::Active)?;
+                let blocks = self.blocks(&e, StateId::Active, &*s);
+                Ok(base(
+                    &e.meta,
+                    Kind::File,
+                    s.size(),
+                    blocks,
+                    mtime_of(&e.meta),
+                ))
+            }
+            Node::Snap(rel, key) => {
+                let e = self.entry(rel)?;
+                let i = e.snapshot_index(key)?;
+                let s = e.state(StateId::Snapshot(i))?;
+                let blocks = self.blocks(&e, StateId::Snapshot(i), &*s);
+                Ok(base(
+                    &e.meta,
+                    Kind::File,
+                    s.size(),
+                    blocks,
+                    snapshot_time(key),
+                ))
+            }
+            Node::VmState(rel, key) => {
+                let e = self.entry(rel)?;
+                let i = e.snapshot_index(key)?;
+                let size = e.image()?.snapshots()[i].vm_state_size;
+                Ok(base(
+                    &e.meta,
+                    Kind::File,
+                    size,
+                    size.div_ceil(512),
+                    snapshot_time(key),
+                ))
+            }
+            Node::ChainDir(rel, _) => {
+                let e = self.entry(rel)?;
+                Ok(base(&e.meta, Kind::Dir, 0, 0, mtime_of(&e.meta)))
+            }
+            Node::Layer(rel, dir, key) => {
+                let e = self.entry(rel)?;
+                let spec = e.spec(*dir, key)?;
+                let size = e.layer(&spec)?.size();
+                let mtime = self.distinct_mtime(ino, node, &e, e.layer_time(&spec)?);
+                Ok(base(&e.meta, Kind::File, size, size.div_ceil(512), mtime))
+            }
+            Node::Pass(rel, _, _, path) => {
+                let e = self.entry(rel)?;
+                let m = std::fs::metadata(path).map_err(|err| Error::io("stat", path, err))?;
+                Ok(base(&e.meta, Kind::File, m.len(), m.blocks(), mtime_of(&m)))
+            }
+            Node::Manifest(rel, dir) => {
+                let e = self.entry(rel)?;
+                let len = e.manifest(*dir)?.len() as u64;
+                let mtime = self.distinct_mtime(ino, node, &e, mtime_of(&e.meta));
+                Ok(base(&e.meta, Kind::File, len, len.div_ceil(512), mtime))
+            }
+        }
+    }
+
+    /// 512-byte blocks holding data in a state, from its extent map.
+    fn blocks(&self, e: &ImageEntry, which: StateId, v: &dyn View) -> u64 {
+        if let Some(&b) = e.blocks.lock().get(&which) {
+            return b;
+        }
+        let mut data = 0u64;
+        let mut pos = 0;
+        while pos < v.size() {
+            match v.extents(pos, SEEK_WINDOW) {
+                Ok(ext) => {
+                    data += ext
+                        .iter()
+                        .filter(|x| x.kind == ExtentKind::Data)
+                        .map(|x| x.len)
+                        .sum::<u64>()
+                }
+                Err(_) => return v.size().div_ceil(512),
+            }
+            pos += SEEK_WINDOW;
+        }
+        let b = data.div_ceil(512);
+        e.blocks.lock().insert(which, b);
+        b
+    }
+}

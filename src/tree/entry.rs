@@ -1,0 +1,243 @@
+//! One opening of an image: what the tree keeps of it (states, cluster
+//! maps, layers, reports) while the image file is unchanged.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use super::Tree;
+use super::freshness::mtime_of;
+use super::node::{LayerKey, SnapKey, StateKey};
+use crate::chain::{self, Direction, LayerSpec};
+use crate::error::{Error, Result};
+use crate::image::{Image, State, StateId};
+use crate::layer::{ClusterMap, Layer};
+use crate::names::snapshot_stems;
+use crate::report::{Info, open_error_text};
+
+/// What identifies a version of a source file: if any of it changes, the
+/// image is reopened and its caches dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+impl Stamp {
+    pub(super) fn of(m: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+            ctime: m.ctime(),
+            ctime_nsec: m.ctime_nsec(),
+        }
+    }
+}
+
+/// One opening of an image, valid while its stamp is.
+pub(super) struct ImageEntry {
+    pub(super) stamp: Stamp,
+    pub(super) meta: std::fs::Metadata,
+    pub(super) image: std::result::Result<Arc<Image>, String>,
+    pub(super) stems: Vec<String>,
+    pub(super) info: OnceLock<(String, String)>,
+    pub(super) states: Mutex<HashMap<StateId, Arc<State>>>,
+    pub(super) blocks: Mutex<HashMap<StateId, u64>>,
+    pub(super) layers: Mutex<HashMap<LayerSpec, Arc<Layer>>>,
+    pub(super) maps: Mutex<HashMap<StateId, Arc<ClusterMap>>>,
+    pub(super) manifests: Mutex<HashMap<Direction, Arc<Vec<u8>>>>,
+    pub(super) backing_files: OnceLock<Vec<PathBuf>>,
+    pub(super) logged: AtomicBool,
+}
+
+impl ImageEntry {
+    /// The files of the image's backing chain, as resolved at this opening.
+    pub(super) fn backing_files(&self) -> &[PathBuf] {
+        self.backing_files.get_or_init(|| match &self.image {
+            Ok(img) => chain::passthrough(img)
+                .into_iter()
+                .map(|p| p.path)
+                .collect(),
+            Err(_) => Vec::new(),
+        })
+    }
+
+    pub(super) fn image(&self) -> Result<&Arc<Image>> {
+        self.image
+            .as_ref()
+            .map_err(|e| Error::corrupt("image", e.clone()))
+    }
+
+    pub(super) fn snapshot_index(&self, key: &SnapKey) -> Result<usize> {
+        let img = self.image()?;
+        img.snapshots()
+            .iter()
+            .position(|s| SnapKey::of(s) == *key)
+            .ok_or_else(|| Error::SnapshotGone { id: key.id.clone() })
+    }
+
+    pub(super) fn state(&self, which: StateId) -> Result<Arc<State>> {
+        if let Some(s) = self.states.lock().get(&which) {
+            return Ok(Arc::clone(s));
+        }
+        let s = Arc::new(self.image()?.state(which)?);
+        self.states.lock().insert(which, Arc::clone(&s));
+        Ok(s)
+    }
+
+    pub(super) fn info(&self, path: &Path) -> &(String, String) {
+        self.info.get_or_init(|| match self.image().and_then(Info::gather) {
+            Ok(i) => (i.to_text(), format!("{:#}\n", i.to_json())),
+            Err(e) => {
+                let text = match &self.image {
+                    Err(open) => open_error_text(path, &Error::corrupt("open", open.clone())),
+                    Ok(_) => open_error_text(path, &e),
+                };
+                let json = serde_json::json!({"filename": path.display().to_string(), "error": e.to_string()});
+                (text, format!("{json:#}\n"))
+            }
+        })
+    }
+
+    pub(super) fn state_key(&self, w: StateId) -> Result<StateKey> {
+        Ok(match w {
+            StateId::Active => StateKey::Active,
+            StateId::Snapshot(i) => StateKey::Snap(SnapKey::of(&self.image()?.snapshots()[i])),
+        })
+    }
+
+    pub(super) fn layer_key(&self, s: &LayerSpec) -> Result<LayerKey> {
+        Ok(LayerKey {
+            file_name: s.file_name.clone(),
+            x: self.state_key(s.x)?,
+            y: s.y.map(|y| self.state_key(y)).transpose()?,
+            backing: s.backing.clone(),
+        })
+    }
+
+    /// The current spec of the layer `key` names, if it still exists.
+    pub(super) fn spec(&self, dir: Direction, key: &LayerKey) -> Result<LayerSpec> {
+        let img = self.image()?;
+        for s in chain::layers(img, dir) {
+            if self.layer_key(&s)? == *key {
+                return Ok(s);
+            }
+        }
+        Err(Error::NotFound {
+            name: key.file_name.clone(),
+        })
+    }
+
+    pub(super) fn layer(&self, spec: &LayerSpec) -> Result<Arc<Layer>> {
+        if let Some(l) = self.layers.lock().get(spec) {
+            return Ok(Arc::clone(l));
+        }
+        let map = |w: StateId| -> Result<Arc<ClusterMap>> {
+            if let Some(m) = self.maps.lock().get(&w) {
+                return Ok(Arc::clone(m));
+            }
+            let m = Arc::new(ClusterMap::of(&*self.state(w)?)?);
+            self.maps.lock().insert(w, Arc::clone(&m));
+            Ok(m)
+        };
+        let l = Arc::new(chain::build_with(self.image()?, spec, &map)?);
+        self.layers.lock().insert(spec.clone(), Arc::clone(&l));
+        Ok(l)
+    }
+
+    pub(super) fn manifest(&self, dir: Direction) -> Result<Arc<Vec<u8>>> {
+        if let Some(m) = self.manifests.lock().get(&dir) {
+            return Ok(Arc::clone(m));
+        }
+        let img = self.image()?;
+        let specs = chain::layers(img, dir);
+        let figures = specs
+            .iter()
+            .map(|s| Ok(chain::LayerFigures::of(s, &*self.layer(s)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let m = Arc::new(format!("{:#}\n", chain::manifest(img, &specs, &figures)).into_bytes());
+        self.manifests.lock().insert(dir, Arc::clone(&m));
+        Ok(m)
+    }
+
+    /// A layer's mtime: the later of the dates of the states it is built
+    /// from (the image file's mtime stands for the active state, the backing
+    /// file's for the image's own backing).
+    pub(super) fn layer_time(&self, spec: &LayerSpec) -> Result<SystemTime> {
+        let img = self.image()?;
+        let t = |(s, ns): (i64, u32)| UNIX_EPOCH + Duration::new(s.max(0) as u64, ns);
+        let x = t(chain::state_time(img, spec.x));
+        let y = match spec.y {
+            Some(y) => t(chain::state_time(img, y)),
+            None => img
+                .backing()
+                .and_then(|b| b.path.as_ref())
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map_or(UNIX_EPOCH, |m| mtime_of(&m)),
+        };
+        Ok(x.max(y))
+    }
+
+    /// Log a failure to serve this image, once.
+    pub(super) fn log_once(&self, path: &Path, e: &Error) {
+        if !self.logged.swap(true, Ordering::Relaxed) {
+            log::warn!("{}: {e}", path.display());
+        }
+    }
+}
+
+impl Tree {
+    /// The current opening of the image at `rel`, reopened if it changed.
+    pub(super) fn entry(&self, rel: &Path) -> Result<Arc<ImageEntry>> {
+        let (path, meta) = self.source(rel)?;
+        let stamp = Stamp::of(&meta);
+        if let Some(e) = self.images.lock().get(rel)
+            && e.stamp == stamp
+        {
+            return Ok(Arc::clone(e));
+        }
+        let image = Image::open(&path, &self.opts).map_err(|e| e.to_string());
+        let stems = image
+            .as_ref()
+            .map(|i| snapshot_stems(i.snapshots()))
+            .unwrap_or_default();
+        let entry = Arc::new(ImageEntry {
+            stamp,
+            meta,
+            image,
+            stems,
+            info: OnceLock::new(),
+            states: Mutex::new(HashMap::new()),
+            blocks: Mutex::new(HashMap::new()),
+            layers: Mutex::new(HashMap::new()),
+            maps: Mutex::new(HashMap::new()),
+            manifests: Mutex::new(HashMap::new()),
+            backing_files: OnceLock::new(),
+            logged: AtomicBool::new(false),
+        });
+        if let Err(e) = &entry.image {
+            log::warn!("{}: {e}", path.display());
+        }
+        let old = self
+            .images
+            .lock()
+            .insert(rel.to_path_buf(), Arc::clone(&entry));
+        if let Some(Ok(img)) = old.as_ref().map(|o| &o.image) {
+            self.opts.caches.forget_image(img.id());
+        }
+        Ok(entry)
+    }
+}

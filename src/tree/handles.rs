@@ -1,0 +1,199 @@
+//! Open files: a handle holds the view that serves it; reads are checked
+//! against the image's current version.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use parking_lot::Mutex;
+
+use super::Tree;
+use super::entry::ImageEntry;
+use super::node::{Node, StateKey, image_of, immutable};
+use crate::error::{Error, Result};
+use crate::image::{StateId, VmState};
+use crate::view::{RawView, View};
+
+/// A file node resolved to the view that serves it, and the opening of the
+/// image it reads from (None for plain files).
+pub(super) type Resolved = (Arc<dyn View>, Option<Arc<ImageEntry>>);
+
+pub(super) struct Handle {
+    pub(super) node: Node,
+    pub(super) view: Arc<dyn View>,
+    pub(super) entry: Option<Arc<ImageEntry>>,
+}
+
+impl Tree {
+    /// Resolve a file node into a view (and the image entry it reads from).
+    pub(super) fn view(&self, node: &Node) -> Result<Resolved> {
+        match node {
+            Node::Plain(rel) => {
+                let (real, _) = self.source(rel)?;
+                Ok((Arc::new(RawView::open(&real)?), None))
+            }
+            Node::Info(rel, json) => {
+                let e = self.entry(rel)?;
+                let (t, j) = e.info(rel);
+                let bytes = if *json { j.clone() } else { t.clone() }.into_bytes();
+                Ok((Arc::new(Bytes(bytes)), Some(e)))
+            }
+            Node::Active(rel) => {
+                let e = self.entry(rel)?;
+                self.refuse_in_use(rel)?;
+                Ok((e.state(StateId::Active)?, Some(e)))
+            }
+            Node::Snap(rel, key) => {
+                let e = self.entry(rel)?;
+                let i = e.snapshot_index(key)?;
+                Ok((e.state(StateId::Snapshot(i))?, Some(e)))
+            }
+            Node::VmState(rel, key) => {
+                let e = self.entry(rel)?;
+                let i = e.snapshot_index(key)?;
+                Ok((Arc::new(VmState::open(e.image()?, i)?), Some(e)))
+            }
+            Node::Layer(rel, dir, key) => {
+                let e = self.entry(rel)?;
+                if key.x == StateKey::Active || key.y == Some(StateKey::Active) {
+                    self.refuse_in_use(rel)?;
+                }
+                let spec = e.spec(*dir, key)?;
+                Ok((e.layer(&spec)?, Some(e)))
+            }
+            Node::Pass(rel, _, _, path) => {
+                let e = self.entry(rel)?;
+                Ok((Arc::new(RawView::open(path)?), Some(e)))
+            }
+            Node::Manifest(rel, dir) => {
+                let e = self.entry(rel)?;
+                let m = e.manifest(*dir)?;
+                Ok((Arc::new(Bytes(m.as_ref().clone())), Some(e)))
+            }
+            Node::Dir(_) | Node::Image(_) | Node::SnapDir(_) | Node::ChainDir(..) => {
+                Err(Error::WrongKind { expected: "file" })
+            }
+        }
+    }
+
+    /// Open file `ino`; returns the handle and whether the kernel may keep
+    /// the pages it cached of this file at earlier opens.
+    pub fn open(&self, ino: u64) -> Result<(u64, bool)> {
+        let node = self.node(ino)?;
+        let (view, entry) = self.view(&node).inspect_err(|e| match image_of(&node) {
+            Some(rel) => match self.images.lock().get(rel) {
+                Some(entry) => entry.log_once(&self.root.join(rel), e),
+                None => log::warn!("{}: {e}", rel.display()),
+            },
+            None => log::warn!("{node:?}: {e}"),
+        })?;
+        // Snapshot views and layers built only from snapshots never change
+        // while they exist; any other file keeps its pages while every file
+        // its bytes come from is the version it was last opened at.
+        let keep = immutable(&node) || self.unchanged_since_last_open(ino, &node, entry.as_deref());
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .insert(fh, Arc::new(Mutex::new(Handle { node, view, entry })));
+        Ok((fh, keep))
+    }
+
+    /// Forget an open handle.
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().remove(&fh);
+    }
+
+    pub(super) fn handle(&self, fh: u64) -> Result<Arc<Mutex<Handle>>> {
+        self.handles
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                name: format!("handle {fh}"),
+            })
+    }
+
+    /// Views of the active state of an image a running VM has open for
+    /// writing are served only with --force-share; snapshot views always are.
+    pub(super) fn refuse_in_use(&self, rel: &Path) -> Result<()> {
+        let path = self.root.join(rel);
+        if !self.force_share && crate::lock::in_use(&path) {
+            return Err(Error::InUse { path });
+        }
+        Ok(())
+    }
+
+    /// The handle's view, re-resolved if its image changed since it was
+    /// opened. A snapshot deleted meanwhile is an error: its clusters may
+    /// have been reused.
+    pub(super) fn current_view(&self, h: &Mutex<Handle>) -> Result<Resolved> {
+        let mut g = h.lock();
+        if let (Some(e), Some(rel)) = (&g.entry, image_of(&g.node)) {
+            let now = self.entry(rel)?;
+            if !Arc::ptr_eq(e, &now) {
+                let (view, entry) = self.view(&g.node)?;
+                g.view = view;
+                g.entry = entry;
+            }
+        }
+        Ok((Arc::clone(&g.view), g.entry.clone()))
+    }
+
+    /// Read up to `size` bytes at `offset` from an open file.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let node = h.lock().node.clone();
+        let result = (|| {
+            let (view, entry) = {
+                let g = h.lock();
+                (Arc::clone(&g.view), g.entry.clone())
+            };
+            let mut buf = vec![0u8; size as usize];
+            let n = view.read_at(&mut buf, offset)?;
+            buf.truncate(n);
+            // Validate after the read, with one stat: if the image changed
+            // since the view was resolved, the bytes may be stale or mix two
+            // versions, so read again from the current opening (which fails
+            // if the snapshot is gone).
+            if let (Some(e), Some(rel)) = (&entry, image_of(&node))
+                && !self.unchanged(e, rel)
+            {
+                let (view, _) = self.current_view(&h)?;
+                let mut buf = vec![0u8; size as usize];
+                let n = view.read_at(&mut buf, offset)?;
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Ok(buf)
+        })();
+        if let Err(e) = &result {
+            if let (Some(rel), Some(entry)) = (image_of(&node), h.lock().entry.clone()) {
+                entry.log_once(&self.root.join(rel), e);
+            } else {
+                log::warn!("{node:?}: {e}");
+            }
+        }
+        result
+    }
+}
+
+/// Generated bytes (the info reports) as a view.
+pub(super) struct Bytes(Vec<u8>);
+
+impl View for Bytes {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let n = crate::view::clip(buf.len(), offset, self.size());
+        if n > 0 {
+            buf[..n].copy_from_slice(&self.0[offset as usize..offset as usize + n]);
+        }
+        Ok(n)
+    }
+
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<crate::view::Extent>> {
+        Ok(crate::view::all_data(offset, len, self.size()))
+    }
+}

@@ -1,0 +1,182 @@
+//! Folder listings and lookups: IMAGE_DIR mirrored, and the fixed folders
+//! of every image.
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+
+use super::Tree;
+use super::attr::{Attr, Kind};
+use super::node::{Node, SnapKey, is_dir};
+use crate::chain::{self, Direction};
+use crate::error::{Error, Result};
+use crate::image::is_qcow2;
+
+impl Tree {
+    /// The source path of `rel`, refusing anything that resolves outside
+    /// IMAGE_DIR (symlinks included).
+    pub(super) fn source(&self, rel: &Path) -> Result<(PathBuf, std::fs::Metadata)> {
+        let p = self.root.join(rel);
+        let real = std::fs::canonicalize(&p).map_err(|e| Error::io("resolve", &p, e))?;
+        if !real.starts_with(&self.root) {
+            return Err(Error::NotFound {
+                name: rel.display().to_string(),
+            });
+        }
+        let meta = std::fs::metadata(&real).map_err(|e| Error::io("stat", &real, e))?;
+        Ok((real, meta))
+    }
+
+    /// The node a source entry is shown as: folders stay folders, qcow2
+    /// files (known by their magic) become image folders, other files are
+    /// shown as they are; anything else is not shown.
+    pub(super) fn mirrored(&self, rel: PathBuf) -> Result<Option<Node>> {
+        let (real, meta) = self.source(&rel)?;
+        Ok(if meta.is_dir() {
+            Some(Node::Dir(rel))
+        } else if !meta.is_file() {
+            None
+        } else if is_qcow2(&real) {
+            Some(Node::Image(rel))
+        } else {
+            Some(Node::Plain(rel))
+        })
+    }
+
+    /// The children of a folder: (name, node).
+    pub(super) fn children(&self, node: &Node) -> Result<Vec<(OsString, Node)>> {
+        match node {
+            Node::Dir(rel) => {
+                let (path, _) = self.source(rel)?;
+                let rd =
+                    std::fs::read_dir(&path).map_err(|e| Error::io("read folder", &path, e))?;
+                let mut out = Vec::new();
+                for de in rd.flatten() {
+                    let name = de.file_name();
+                    let child = rel.join(&name);
+                    // Entries that vanish, dangle or lead outside are not shown.
+                    let Ok(Some(n)) = self.mirrored(child) else {
+                        continue;
+                    };
+                    out.push((name, n));
+                }
+                out.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok(out)
+            }
+            Node::Image(rel) => {
+                let e = self.entry(rel)?;
+                // An image that cannot be opened holds only `info`, saying why.
+                let mut out = vec![(OsString::from("info"), Node::Info(rel.clone(), false))];
+                if e.image.is_ok() {
+                    out.push((OsString::from("info.json"), Node::Info(rel.clone(), true)));
+                    out.push((OsString::from("active.raw"), Node::Active(rel.clone())));
+                    out.push((OsString::from("snapshots"), Node::SnapDir(rel.clone())));
+                    out.push((
+                        OsString::from("chain"),
+                        Node::ChainDir(rel.clone(), Direction::Reverse),
+                    ));
+                    out.push((
+                        OsString::from("forward"),
+                        Node::ChainDir(rel.clone(), Direction::Forward),
+                    ));
+                }
+                Ok(out)
+            }
+            Node::ChainDir(rel, dir) => {
+                let e = self.entry(rel)?;
+                let img = e.image()?;
+                let mut out = Vec::new();
+                for s in chain::layers(img, *dir) {
+                    let key = e.layer_key(&s)?;
+                    out.push((
+                        OsString::from(&s.file_name),
+                        Node::Layer(rel.clone(), *dir, key),
+                    ));
+                }
+                for p in chain::passthrough(img) {
+                    // Only files inside IMAGE_DIR, unless the user allowed more.
+                    if self.opts.backing_root.is_some()
+                        && !p
+                            .path
+                            .canonicalize()
+                            .is_ok_and(|c| c.starts_with(&self.root))
+                    {
+                        continue;
+                    }
+                    out.push((
+                        OsString::from(&p.file_name),
+                        Node::Pass(rel.clone(), *dir, p.file_name.clone(), p.path),
+                    ));
+                }
+                out.push((
+                    OsString::from("chain.json"),
+                    Node::Manifest(rel.clone(), *dir),
+                ));
+                Ok(out)
+            }
+            Node::SnapDir(rel) => {
+                let e = self.entry(rel)?;
+                let img = e.image()?;
+                let mut out = Vec::new();
+                for (s, stem) in img.snapshots().iter().zip(&e.stems) {
+                    let key = SnapKey::of(s);
+                    out.push((
+                        OsString::from(format!("{stem}.raw")),
+                        Node::Snap(rel.clone(), key.clone()),
+                    ));
+                    if s.vm_state_size > 0 {
+                        out.push((
+                            OsString::from(format!("{stem}.vmstate")),
+                            Node::VmState(rel.clone(), key),
+                        ));
+                    }
+                }
+                Ok(out)
+            }
+            _ => Err(Error::WrongKind {
+                expected: "directory",
+            }),
+        }
+    }
+
+    /// Look `name` up in folder `parent`.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        let p = self.node(parent)?;
+        let node = match &p {
+            // Mirrored folders: look at the one entry rather than listing.
+            Node::Dir(rel) => {
+                if name.as_encoded_bytes().contains(&b'/') || name == "." || name == ".." {
+                    return Err(Error::NotFound {
+                        name: name.to_string_lossy().into(),
+                    });
+                }
+                self.mirrored(rel.join(name))?
+                    .ok_or_else(|| Error::NotFound {
+                        name: name.to_string_lossy().into(),
+                    })?
+            }
+            _ => self
+                .children(&p)?
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, n)| n)
+                .ok_or_else(|| Error::NotFound {
+                    name: name.to_string_lossy().into(),
+                })?,
+        };
+        let ino = self.ino(node.clone());
+        self.attr(ino, &node)
+    }
+
+    /// The entries of folder `ino`: (inode, kind, name), without . and ..
+    pub fn readdir(&self, ino: u64) -> Result<Vec<(u64, Kind, OsString)>> {
+        let node = self.node(ino)?;
+        Ok(self
+            .children(&node)?
+            .into_iter()
+            .map(|(name, n)| {
+                let kind = if is_dir(&n) { Kind::Dir } else { Kind::File };
+                (self.ino(n), kind, name)
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,108 @@
+//! The tree a mount shows: IMAGE_DIR mirrored, every qcow2 image a folder of
+//! views. This module knows nothing of FUSE; the adapter in `fuse.rs` turns
+//! requests into calls here, and tests drive it directly.
+
+mod attr;
+mod entry;
+mod freshness;
+mod handles;
+mod inodes;
+mod listing;
+mod node;
+mod seek;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::image::OpenOptions;
+pub use attr::{Attr, Kind};
+use entry::{ImageEntry, Stamp};
+use handles::Handle;
+pub use inodes::ROOT_INO;
+use node::Node;
+
+/// How the tree is served.
+#[derive(Clone)]
+pub struct TreeOptions {
+    /// Cache budget in bytes.
+    pub cache_bytes: u64,
+    /// Follow backing files outside IMAGE_DIR.
+    pub allow_outside_backing: bool,
+    /// Serve the active state of images another program has open for
+    /// writing (their bytes may change under the reader).
+    pub force_share: bool,
+}
+
+/// The tree over one IMAGE_DIR.
+pub struct Tree {
+    root: PathBuf,
+    opts: OpenOptions,
+    inodes: Mutex<(HashMap<Node, u64>, Vec<Node>)>,
+    images: Mutex<HashMap<PathBuf, Arc<ImageEntry>>>,
+    handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
+    /// Per file inode, the stamps of its sources at its last open: the
+    /// kernel's cached pages of the file hold bytes of that version.
+    cached: Mutex<HashMap<u64, Vec<Stamp>>>,
+    /// Per inode of a file that can change while it exists, the stamps of
+    /// its sources and the mtime last shown for them.
+    shown: Mutex<HashMap<u64, (Vec<Stamp>, SystemTime)>>,
+    next_fh: AtomicU64,
+    force_share: bool,
+}
+
+impl Tree {
+    /// A tree over `root` (which must be a folder).
+    pub fn new(root: &Path, t: &TreeOptions) -> Result<Tree> {
+        let root = std::fs::canonicalize(root).map_err(|e| Error::io("open IMAGE_DIR", root, e))?;
+        if !root.is_dir() {
+            return Err(Error::WrongKind {
+                expected: "directory",
+            });
+        }
+        let mut opts = OpenOptions::new(t.cache_bytes);
+        if !t.allow_outside_backing {
+            opts.backing_root = Some(root.clone());
+        }
+        let root_node = Node::Dir(PathBuf::new());
+        Ok(Tree {
+            root,
+            opts,
+            inodes: Mutex::new((
+                HashMap::from([(root_node.clone(), ROOT_INO)]),
+                vec![root_node],
+            )),
+            images: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            cached: Mutex::new(HashMap::new()),
+            shown: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            force_share: t.force_share,
+        })
+    }
+
+    /// The attributes of inode `ino`.
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        let node = self.node(ino)?;
+        self.attr(ino, &node)
+    }
+
+    /// Figures for statfs: (total 512-byte blocks of IMAGE_DIR's file system, files).
+    pub fn statfs(&self) -> (u64, u64) {
+        match nix::sys::statvfs::statvfs(&self.root) {
+            Ok(s) => (
+                s.blocks() * s.fragment_size() / 512,
+                self.inodes.lock().1.len() as u64,
+            ),
+            Err(e) => {
+                log::debug!("statvfs {}: {e}", self.root.display());
+                (0, 0)
+            }
+        }
+    }
+}

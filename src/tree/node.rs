@@ -1,0 +1,109 @@
+//! What a node of the tree is: named by what it shows (a source path, a
+//! snapshot's identity, the states a layer is built from), never by a
+//! position in a table, so that a reopened image keeps its nodes.
+
+use std::path::{Path, PathBuf};
+
+use crate::chain::Direction;
+use crate::layer::BackingRef;
+use crate::qcow2::snapshot::Snapshot;
+
+/// What a snapshot is, independent of its position in the table: the same
+/// key after a reopen means the same snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SnapKey {
+    pub(super) id: String,
+    pub(super) date_sec: u32,
+    pub(super) date_nsec: u32,
+    l1_table_offset: u64,
+}
+
+impl SnapKey {
+    pub(super) fn of(s: &Snapshot) -> SnapKey {
+        SnapKey {
+            id: s.id.clone(),
+            date_sec: s.date_sec,
+            date_nsec: s.date_nsec,
+            l1_table_offset: s.l1_table_offset,
+        }
+    }
+}
+
+/// A node of the tree. Paths are relative to IMAGE_DIR.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Node {
+    /// A mirrored folder ("" is the root).
+    Dir(PathBuf),
+    /// A file that is not qcow2, shown as is.
+    Plain(PathBuf),
+    /// A qcow2 image, shown as a folder.
+    Image(PathBuf),
+    /// `info` (false) or `info.json` (true).
+    Info(PathBuf, bool),
+    /// `active.raw`.
+    Active(PathBuf),
+    /// `snapshots/`.
+    SnapDir(PathBuf),
+    /// `snapshots/<name>.raw`.
+    Snap(PathBuf, SnapKey),
+    /// `snapshots/<name>.vmstate`.
+    VmState(PathBuf, SnapKey),
+    /// `chain/` or `forward/`.
+    ChainDir(PathBuf, Direction),
+    /// A synthesized layer, named by the states it is built from.
+    Layer(PathBuf, Direction, LayerKey),
+    /// A file of the image's backing chain, passed through into a chain folder.
+    Pass(PathBuf, Direction, String, PathBuf),
+    /// `chain.json`.
+    Manifest(PathBuf, Direction),
+}
+
+/// A state, independent of table positions.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) enum StateKey {
+    Active,
+    Snap(SnapKey),
+}
+
+/// What a layer is built from: its state, its backing state and the backing
+/// reference written into it. A layer whose inputs change is a new node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct LayerKey {
+    pub(super) file_name: String,
+    pub(super) x: StateKey,
+    pub(super) y: Option<StateKey>,
+    pub(super) backing: Option<BackingRef>,
+}
+
+pub(super) fn image_of(node: &Node) -> Option<&Path> {
+    match node {
+        Node::Image(r)
+        | Node::Info(r, _)
+        | Node::Active(r)
+        | Node::SnapDir(r)
+        | Node::Snap(r, _)
+        | Node::VmState(r, _)
+        | Node::ChainDir(r, _)
+        | Node::Layer(r, _, _)
+        | Node::Pass(r, _, _, _)
+        | Node::Manifest(r, _) => Some(r),
+        Node::Dir(_) | Node::Plain(_) => None,
+    }
+}
+
+pub(super) fn is_dir(n: &Node) -> bool {
+    matches!(
+        n,
+        Node::Dir(_) | Node::Image(_) | Node::SnapDir(_) | Node::ChainDir(..)
+    )
+}
+
+/// Snapshot views and layers built only from snapshots never change while
+/// they exist.
+pub(super) fn immutable(node: &Node) -> bool {
+    match node {
+        Node::Snap(..) | Node::VmState(..) => true,
+        Node::Layer(_, _, k) => k.x != StateKey::Active && k.y != Some(StateKey::Active),
+        _ => false,
+    }
+}
