@@ -7,7 +7,6 @@
 
 use std::hash::Hash;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use lru::LruCache;
 use parking_lot::Mutex;
@@ -44,8 +43,6 @@ struct Inner<K: Hash + Eq, V> {
 pub struct ByteLru<K: Hash + Eq, V> {
     inner: Mutex<Inner<K, V>>,
     budget: u64,
-    hits: AtomicU64,
-    misses: AtomicU64,
 }
 
 impl<K: Hash + Eq + Clone, V: Weigh> ByteLru<K, V> {
@@ -57,8 +54,6 @@ impl<K: Hash + Eq + Clone, V: Weigh> ByteLru<K, V> {
                 bytes: 0,
             }),
             budget,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
         }
     }
 
@@ -66,10 +61,8 @@ impl<K: Hash + Eq + Clone, V: Weigh> ByteLru<K, V> {
     /// `load` runs without the lock held.
     pub fn get_or_load(&self, key: K, load: impl FnOnce() -> Result<V>) -> Result<Arc<V>> {
         if let Some(v) = self.inner.lock().lru.get(&key) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Arc::clone(v));
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
         let value = Arc::new(load()?);
         let weight = value.weight();
         if weight > self.budget {
@@ -108,14 +101,6 @@ impl<K: Hash + Eq + Clone, V: Weigh> ByteLru<K, V> {
     /// Bytes currently held.
     pub fn bytes(&self) -> u64 {
         self.inner.lock().bytes
-    }
-
-    /// (hits, misses) since creation.
-    pub fn stats(&self) -> (u64, u64) {
-        (
-            self.hits.load(Ordering::Relaxed),
-            self.misses.load(Ordering::Relaxed),
-        )
     }
 }
 
@@ -170,7 +155,6 @@ mod tests {
         })
         .unwrap();
         assert!(!loaded);
-        assert_eq!(c.stats().0, 1);
     }
 
     #[test]

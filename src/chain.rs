@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::image::{Image, StateId, is_qcow2};
+use crate::image::{Image, StateId, is_qcow2, resolve_name};
 use crate::layer::plan::PlanStats;
 use crate::layer::{BackingRef, ClusterMap, Layer};
 use crate::names::snapshot_stems;
@@ -78,13 +78,7 @@ pub fn passthrough(image: &Image) -> Vec<Passthrough> {
             && let Ok(h) = Header::read(&f)
             && let Some(name) = h.backing_file
         {
-            let dir = p.parent().unwrap_or(Path::new("."));
-            let q = Path::new(&name);
-            next = Some(if q.is_absolute() {
-                q.to_path_buf()
-            } else {
-                dir.join(q)
-            });
+            next = Some(resolve_name(p.parent().unwrap_or(Path::new(".")), &name));
         }
         out.push(Passthrough {
             file_name: base_name(&p),

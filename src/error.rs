@@ -84,10 +84,22 @@ pub enum Error {
         /// The name looked up.
         name: String,
     },
-    /// A directory operation on a file, or the reverse.
-    WrongKind {
-        /// What was expected: "directory" or "file".
-        expected: &'static str,
+    /// A folder operation on something that is not a folder.
+    NotADirectory,
+    /// A file operation on a folder.
+    IsADirectory,
+    /// The image could not be opened; the cause is kept for every request
+    /// that needs it while the file is unchanged.
+    Unreadable {
+        /// The image file.
+        path: PathBuf,
+        /// Why it could not be opened.
+        cause: std::sync::Arc<Error>,
+    },
+    /// The mount could not start or serve.
+    Mount {
+        /// What failed, with the file or value involved.
+        detail: String,
     },
     /// The image is open for writing by another program (a running VM).
     InUse {
@@ -127,10 +139,10 @@ impl Error {
             Error::Decompress { .. } => libc::EIO,
             Error::SnapshotGone { .. } => libc::EIO,
             Error::NotFound { .. } => libc::ENOENT,
-            Error::WrongKind {
-                expected: "directory",
-            } => libc::ENOTDIR,
-            Error::WrongKind { .. } => libc::EISDIR,
+            Error::NotADirectory => libc::ENOTDIR,
+            Error::IsADirectory => libc::EISDIR,
+            Error::Unreadable { .. } => libc::EIO,
+            Error::Mount { .. } => libc::EIO,
             Error::InUse { .. } => libc::EBUSY,
         }
     }
@@ -163,7 +175,12 @@ impl fmt::Display for Error {
             }
             Error::SnapshotGone { id } => write!(f, "snapshot id {id} no longer exists"),
             Error::NotFound { name } => write!(f, "{name}: no such file"),
-            Error::WrongKind { expected } => write!(f, "not a {expected}"),
+            Error::NotADirectory => write!(f, "not a folder"),
+            Error::IsADirectory => write!(f, "is a folder"),
+            Error::Unreadable { path, cause } => {
+                write!(f, "{}: cannot be opened: {cause}", path.display())
+            }
+            Error::Mount { detail } => write!(f, "{detail}"),
             Error::InUse { path } => write!(
                 f,
                 "{}: image is in use by another program (use --force-share to read it anyway)",
@@ -177,6 +194,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
+            Error::Unreadable { cause, .. } => Some(cause.as_ref()),
             _ => None,
         }
     }

@@ -8,6 +8,7 @@ use fuser::{Config, MountOption, SessionACL};
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 
+use crate::error::{Error, Result};
 use crate::fuse::{Fs, MAX_READ};
 use crate::tree::{Tree, TreeOptions};
 
@@ -43,7 +44,7 @@ pub struct MountArgs {
 }
 
 /// Parse "64M", "1G", "4096".
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
         Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
@@ -57,18 +58,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is not a size such as 64M"))
 }
 
-/// Why a mount could not start.
-#[derive(Debug)]
-pub struct MountError(String);
-
-impl std::fmt::Display for MountError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn fail<T>(msg: String) -> Result<T, MountError> {
-    Err(MountError(msg))
+fn fail<T>(detail: String) -> Result<T> {
+    Err(Error::Mount { detail })
 }
 
 /// The kernel device number ("major:minor") of the mount at `mp`, from
@@ -110,7 +101,7 @@ const GENERIC_OPTIONS: &[&str] = &[
     "sync",
 ];
 
-fn config(args: &MountArgs) -> Result<Config, MountError> {
+fn config(args: &MountArgs) -> Result<Config> {
     let mut c = Config::default();
     c.mount_options = vec![MountOption::RO, MountOption::NoDev, MountOption::NoSuid];
     let mut fsname = None;
@@ -155,7 +146,7 @@ fn config(args: &MountArgs) -> Result<Config, MountError> {
 }
 
 /// Mount and serve until unmounted or signalled.
-pub fn mount(args: &MountArgs) -> Result<(), MountError> {
+pub fn mount(args: &MountArgs) -> Result<()> {
     let cfg = config(args)?;
     let detached = std::env::var_os(DETACHED_ENV).is_some();
     if detached {
@@ -197,27 +188,34 @@ pub fn mount(args: &MountArgs) -> Result<(), MountError> {
             force_share: args.force_share,
         },
     )
-    .map_err(|e| MountError(e.to_string()))?;
+    .map_err(|e| Error::Mount {
+        detail: e.to_string(),
+    })?;
     // Block the signals before any thread starts, so that only the waiter
     // below receives them.
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
-    set.thread_block()
-        .map_err(|e| MountError(format!("blocking signals: {e}")))?;
+    set.thread_block().map_err(|e| Error::Mount {
+        detail: format!("blocking signals: {e}"),
+    })?;
     let fs = Fs::new(tree);
     // As root, mount(2) directly, so that the file system type carries the
     // subtype (fuse.qcow2fs); otherwise let fuser go through fusermount.
     let (session, mut unmount): (_, Box<dyn FnMut() + Send>) = match kernel_mount(&mp, &cfg) {
         Ok(fd) => {
-            let session = fuser::Session::from_fd(fs, fd, cfg.acl, cfg.clone())
-                .map_err(|e| MountError(format!("{}: mount failed: {e}", mp.display())))?;
+            let session = fuser::Session::from_fd(fs, fd, cfg.acl, cfg.clone()).map_err(|e| {
+                Error::Mount {
+                    detail: format!("{}: mount failed: {e}", mp.display()),
+                }
+            })?;
             let target = mp.clone();
             (session, Box::new(move || detach(&target)))
         }
         Err(e) if e.raw_os_error() == Some(Errno::EPERM as i32) => {
-            let mut session = fuser::Session::new(fs, &mp, &cfg)
-                .map_err(|e| MountError(format!("{}: mount failed: {e}", mp.display())))?;
+            let mut session = fuser::Session::new(fs, &mp, &cfg).map_err(|e| Error::Mount {
+                detail: format!("{}: mount failed: {e}", mp.display()),
+            })?;
             let mut u = session.unmount_callable();
             (
                 session,
@@ -238,9 +236,9 @@ pub fn mount(args: &MountArgs) -> Result<(), MountError> {
         }
         unmount();
     });
-    session
-        .run()
-        .map_err(|e| MountError(format!("serving the mount: {e}")))
+    session.run().map_err(|e| Error::Mount {
+        detail: format!("serving the mount: {e}"),
+    })
 }
 
 /// Open /dev/fuse and mount it read-only at `mp` with type
@@ -308,9 +306,11 @@ const DAEMON_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 
 /// Detach: start this command again, detached, to serve the mount, and
 /// return once the mount exists (or fail with the server's own exit).
-fn daemonize(mp: &Path) -> Result<(), MountError> {
+fn daemonize(mp: &Path) -> Result<()> {
     use std::process::{Command, Stdio};
-    let exe = std::env::current_exe().map_err(|e| MountError(format!("own executable: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| Error::Mount {
+        detail: format!("own executable: {e}"),
+    })?;
     let mut child = Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env(DETACHED_ENV, "1")
@@ -318,7 +318,9 @@ fn daemonize(mp: &Path) -> Result<(), MountError> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| MountError(format!("starting the server: {e}")))?;
+        .map_err(|e| Error::Mount {
+            detail: format!("starting the server: {e}"),
+        })?;
     let start = std::time::Instant::now();
     loop {
         if mount_device(mp).is_some() {

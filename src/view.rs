@@ -6,7 +6,7 @@
 use nix::unistd::Whence;
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::source::SourceFile;
 
 /// What a run of bytes of a view holds.
@@ -142,18 +142,5 @@ pub fn clip(want: usize, offset: u64, size: u64) -> usize {
         0
     } else {
         (want as u64).min(size - offset) as usize
-    }
-}
-
-/// Check that `[offset, offset + len)` of `file` can be read.
-pub fn check_range(file: &SourceFile, offset: u64, len: u64, what: &str) -> Result<()> {
-    match offset.checked_add(len) {
-        Some(end) if end <= file.len() => Ok(()),
-        _ => Err(Error::PastEof {
-            what: what.to_string(),
-            offset,
-            len,
-            file_len: file.len(),
-        }),
     }
 }

@@ -136,8 +136,6 @@ pub struct Header {
     /// Where the bitmaps extension puts the bitmap directory, when the
     /// extension is well formed.
     pub bitmap_directory: Option<BitmapDirectory>,
-    /// Types of extensions this reader skipped.
-    pub unknown_extensions: Vec<u32>,
 }
 
 /// The bitmaps extension: how many persistent bitmaps there are and where
@@ -303,7 +301,6 @@ impl Header {
             feature_names: Vec::new(),
             has_bitmaps: false,
             bitmap_directory: None,
-            unknown_extensions: Vec::new(),
         };
         h.read_extensions(&be)?;
         h.validate(file)?;
@@ -370,7 +367,7 @@ impl Header {
                     }
                 }
                 EXT_CRYPTO => {}
-                other => self.unknown_extensions.push(other),
+                _ => {}
             }
             // Each extension's data is padded to a multiple of 8 bytes.
             off = off

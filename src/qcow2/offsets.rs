@@ -15,32 +15,10 @@ pub struct GuestOffset(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct HostOffset(pub u64);
 
-impl GuestOffset {
-    /// Index of the guest cluster holding this offset.
-    pub fn cluster(self, cluster_bits: u32) -> u64 {
-        self.0 >> cluster_bits
-    }
-
-    /// Byte position inside its cluster.
-    pub fn in_cluster(self, cluster_bits: u32) -> u64 {
-        self.0 & ((1u64 << cluster_bits) - 1)
-    }
-}
-
 impl HostOffset {
-    /// This offset moved forward by `len` bytes, or None on overflow.
-    pub fn checked_add(self, len: u64) -> Option<HostOffset> {
-        self.0.checked_add(len).map(HostOffset)
-    }
-
     /// True when the offset is a multiple of the cluster size.
     pub fn is_cluster_aligned(self, cluster_bits: u32) -> bool {
         self.0 & ((1u64 << cluster_bits) - 1) == 0
-    }
-
-    /// Index of the host cluster holding this offset.
-    pub fn cluster(self, cluster_bits: u32) -> u64 {
-        self.0 >> cluster_bits
     }
 }
 

@@ -51,7 +51,9 @@ impl Stamp {
 pub(super) struct ImageEntry {
     pub(super) stamp: Stamp,
     pub(super) meta: std::fs::Metadata,
-    pub(super) image: std::result::Result<Arc<Image>, String>,
+    /// The image file, as resolved at this opening.
+    pub(super) path: PathBuf,
+    pub(super) image: std::result::Result<Arc<Image>, Arc<Error>>,
     pub(super) stems: Vec<String>,
     pub(super) info: OnceLock<(String, String)>,
     pub(super) states: Mutex<HashMap<StateId, Arc<State>>>,
@@ -76,9 +78,10 @@ impl ImageEntry {
     }
 
     pub(super) fn image(&self) -> Result<&Arc<Image>> {
-        self.image
-            .as_ref()
-            .map_err(|e| Error::corrupt("image", e.clone()))
+        self.image.as_ref().map_err(|cause| Error::Unreadable {
+            path: self.path.clone(),
+            cause: Arc::clone(cause),
+        })
     }
 
     pub(super) fn snapshot_index(&self, key: &SnapKey) -> Result<usize> {
@@ -103,7 +106,7 @@ impl ImageEntry {
             Ok(i) => (i.to_text(), format!("{:#}\n", i.to_json())),
             Err(e) => {
                 let text = match &self.image {
-                    Err(open) => open_error_text(path, &Error::corrupt("open", open.clone())),
+                    Err(open) => open_error_text(path, open),
                     Ok(_) => open_error_text(path, &e),
                 };
                 let json = serde_json::json!({"filename": path.display().to_string(), "error": e.to_string()});
@@ -209,7 +212,7 @@ impl Tree {
         {
             return Ok(Arc::clone(e));
         }
-        let image = Image::open(&path, &self.opts).map_err(|e| e.to_string());
+        let image = Image::open(&path, &self.opts).map_err(Arc::new);
         let stems = image
             .as_ref()
             .map(|i| snapshot_stems(i.snapshots()))
@@ -217,6 +220,7 @@ impl Tree {
         let entry = Arc::new(ImageEntry {
             stamp,
             meta,
+            path: path.clone(),
             image,
             stems,
             info: OnceLock::new(),

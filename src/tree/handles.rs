@@ -71,7 +71,7 @@ impl Tree {
                 Ok((Arc::new(Bytes(m.as_ref().clone())), Some(e)))
             }
             Node::Dir(_) | Node::Image(_) | Node::SnapDir(_) | Node::ChainDir(..) => {
-                Err(Error::WrongKind { expected: "file" })
+                Err(Error::IsADirectory)
             }
         }
     }

@@ -9,15 +9,15 @@ use super::attr::{Attr, Kind};
 use super::node::{Node, SnapKey, is_dir};
 use crate::chain::{self, Direction};
 use crate::error::{Error, Result};
-use crate::image::is_qcow2;
+use crate::image::{inside, is_qcow2};
 
 impl Tree {
     /// The source path of `rel`, refusing anything that resolves outside
     /// IMAGE_DIR (symlinks included).
     pub(super) fn source(&self, rel: &Path) -> Result<(PathBuf, std::fs::Metadata)> {
         let p = self.root.join(rel);
-        let real = std::fs::canonicalize(&p).map_err(|e| Error::io("resolve", &p, e))?;
-        if !real.starts_with(&self.root) {
+        let (within, real) = inside(&p, &self.root).map_err(|e| Error::io("resolve", &p, e))?;
+        if !within {
             return Err(Error::NotFound {
                 name: rel.display().to_string(),
             });
@@ -95,10 +95,7 @@ impl Tree {
                 for p in chain::passthrough(img) {
                     // Only files inside IMAGE_DIR, unless the user allowed more.
                     if self.opts.backing_root.is_some()
-                        && !p
-                            .path
-                            .canonicalize()
-                            .is_ok_and(|c| c.starts_with(&self.root))
+                        && !inside(&p.path, &self.root).is_ok_and(|(within, _)| within)
                     {
                         continue;
                     }
@@ -132,9 +129,7 @@ impl Tree {
                 }
                 Ok(out)
             }
-            _ => Err(Error::WrongKind {
-                expected: "directory",
-            }),
+            _ => Err(Error::NotADirectory),
         }
     }
 

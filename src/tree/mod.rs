@@ -61,9 +61,7 @@ impl Tree {
     pub fn new(root: &Path, t: &TreeOptions) -> Result<Tree> {
         let root = std::fs::canonicalize(root).map_err(|e| Error::io("open IMAGE_DIR", root, e))?;
         if !root.is_dir() {
-            return Err(Error::WrongKind {
-                expected: "directory",
-            });
+            return Err(Error::NotADirectory);
         }
         let mut opts = OpenOptions::new(t.cache_bytes);
         if !t.allow_outside_backing {

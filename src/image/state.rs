@@ -1,0 +1,301 @@
+//! A state of an image (active or a snapshot) as a view: the cluster
+//! mapping of guest bytes, and reads that turn mappings into bytes.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::{DATA_READS, Image, StateId};
+use crate::error::{Error, Result};
+use crate::qcow2::cluster::{self, SUBCLUSTERS, SubclusterKind};
+use crate::qcow2::offsets::{GuestOffset, HostOffset};
+use crate::view::{Extent, ExtentKind, View, clip, push_extent};
+
+/// What a run of guest bytes of a state maps to, at this image's level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mapping {
+    /// Not allocated in this image: the backing file's bytes, or zeros.
+    Unallocated,
+    /// Reads as zeros.
+    Zero,
+    /// Stored at this host offset (of the first byte of the run).
+    Data(HostOffset),
+    /// Inside a compressed cluster.
+    Compressed {
+        /// Host offset of the compressed data.
+        host: HostOffset,
+        /// Bytes of compressed data.
+        len: u64,
+        /// Offset of the run's first byte inside the decompressed cluster.
+        within: u64,
+    },
+}
+
+/// A run of guest bytes with one mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// What the bytes map to.
+    pub mapping: Mapping,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// One state (active or a snapshot) of an image, as a read-only view.
+pub struct State {
+    pub(super) image: Arc<Image>,
+    pub(super) which: StateId,
+    pub(super) l1: Arc<Vec<u64>>,
+    pub(super) size: u64,
+}
+
+impl State {
+    /// The image this state belongs to.
+    pub fn image(&self) -> &Arc<Image> {
+        &self.image
+    }
+
+    /// The run of bytes starting at `guest`, at most `max_len` long, that has
+    /// one mapping. Runs stop at L2 table boundaries. Offsets past the L1
+    /// table are unallocated (they can only be reached for VM state).
+    pub fn map(&self, guest: GuestOffset, max_len: u64) -> Result<Run> {
+        let h = self.image.header();
+        let cb = h.cluster_bits;
+        let cs = h.cluster_size();
+        let coverage = h.l1_coverage();
+        let l1_index = guest.0 / coverage;
+        let to_table_end = coverage - guest.0 % coverage;
+        let max_len = max_len.min(to_table_end);
+        let l1_what = || match self.which {
+            StateId::Active => format!(
+                "active L1 table at {:#x}: entry {l1_index}",
+                h.l1_table_offset
+            ),
+            StateId::Snapshot(i) => format!("L1 table of snapshot #{i}: entry {l1_index}"),
+        };
+        let l1_entry = usize::try_from(l1_index)
+            .ok()
+            .and_then(|i| self.l1.get(i))
+            .copied()
+            .unwrap_or(0);
+        let Some(l2_offset) = cluster::decode_l1(l1_entry, cb, &l1_what)? else {
+            return Ok(Run {
+                mapping: Mapping::Unallocated,
+                len: max_len,
+            });
+        };
+        let l2_what = || format!("L2 table at {l2_offset} (L1[{l1_index}])");
+        let table = self.image.l2_table(l2_offset, &l2_what)?;
+        let sc_size = if h.extended_l2() {
+            cs / u64::from(SUBCLUSTERS)
+        } else {
+            cs
+        };
+        let mut pos = guest.0;
+        // A run ends within its L2 table's coverage, so this cannot pass
+        // the end of the address space unless the request does.
+        let end = guest.0.saturating_add(max_len);
+        let mut first: Option<Mapping> = None;
+        let mut len = 0u64;
+        while pos < end {
+            let l2_index = (pos / cs) % h.l2_entries();
+            let entry_what =
+                || format!("L2 table at {l2_offset} (L1[{l1_index}]): entry {l2_index}");
+            let entry = self.image.l2_entry(&table, l2_index, &entry_what)?;
+            let in_cluster = pos & (cs - 1);
+            let sc = (in_cluster / sc_size) as u32;
+            let in_sc = in_cluster % sc_size;
+            let piece = (sc_size - in_sc).min(end - pos);
+            let m = match entry.subcluster(sc, sc_size) {
+                SubclusterKind::Unallocated => Mapping::Unallocated,
+                SubclusterKind::Zero => Mapping::Zero,
+                SubclusterKind::Data(host) => Mapping::Data(HostOffset(host.0 + in_sc)),
+                SubclusterKind::Compressed { host, len } => Mapping::Compressed {
+                    host,
+                    len,
+                    within: in_cluster,
+                },
+            };
+            match first {
+                None => first = Some(m),
+                Some(f) if continues(f, len, m) => {}
+                Some(_) => break,
+            }
+            len += piece;
+            pos += piece;
+        }
+        Ok(Run {
+            mapping: first.unwrap_or(Mapping::Unallocated),
+            len,
+        })
+    }
+
+    /// Read guest bytes at `offset` into `buf` without clipping to the disk
+    /// size; unallocated bytes come from the backing view when `use_backing`
+    /// (zeros past its end), else read as zeros.
+    pub fn read_mapped(&self, buf: &mut [u8], offset: u64, use_backing: bool) -> Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let want = (buf.len() - done) as u64;
+            let run = self.map(GuestOffset(pos), want)?;
+            let n = run.len.min(want) as usize;
+            if n == 0 {
+                return Err(Error::corrupt(
+                    format!("state {:?}", self.which),
+                    format!("no mapping for guest offset {pos:#x}"),
+                ));
+            }
+            let out = &mut buf[done..done + n];
+            match run.mapping {
+                Mapping::Zero => out.fill(0),
+                Mapping::Unallocated => match (&self.image.backing, use_backing) {
+                    (Some(b), true) => {
+                        let got = b.view()?.read_at(out, pos)?;
+                        out[got..].fill(0);
+                    }
+                    _ => out.fill(0),
+                },
+                Mapping::Data(host) => {
+                    DATA_READS.fetch_add(1, Ordering::Relaxed);
+                    let src = self.image.data_source();
+                    src.read_exact_at(out, host.0, "data cluster")?;
+                }
+                Mapping::Compressed { host, len, within } => {
+                    let cluster = self.image.decompressed(host, len)?;
+                    let slice = cluster
+                        .get(within as usize..within as usize + n)
+                        .ok_or_else(|| Error::corrupt("compressed cluster", "run past its end"))?;
+                    out.copy_from_slice(slice);
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// The runs of this image's own mapping over `[offset, offset + len)`.
+    pub fn runs(&self, offset: u64, len: u64) -> Result<Vec<Run>> {
+        let mut out: Vec<Run> = Vec::new();
+        let end = offset.saturating_add(len);
+        let mut pos = offset;
+        while pos < end {
+            let run = self.map(GuestOffset(pos), end - pos)?;
+            if run.len == 0 {
+                break;
+            }
+            match out.last_mut() {
+                Some(last) if continues(last.mapping, last.len, run.mapping) => last.len += run.len,
+                _ => out.push(run),
+            }
+            pos += run.len;
+        }
+        Ok(out)
+    }
+}
+
+/// True when mapping `next` continues a run that began with `first` and is
+/// `len` bytes long so far.
+fn continues(first: Mapping, len: u64, next: Mapping) -> bool {
+    match (first, next) {
+        (Mapping::Unallocated, Mapping::Unallocated) | (Mapping::Zero, Mapping::Zero) => true,
+        (Mapping::Data(a), Mapping::Data(b)) => a.0 + len == b.0,
+        (
+            Mapping::Compressed {
+                host: a, within: w, ..
+            },
+            Mapping::Compressed {
+                host: b, within: x, ..
+            },
+        ) => a == b && w + len == x,
+        _ => false,
+    }
+}
+
+impl View for State {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let n = clip(buf.len(), offset, self.size);
+        self.read_mapped(&mut buf[..n], offset, true)?;
+        Ok(n)
+    }
+
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let end = offset.saturating_add(len).min(self.size);
+        let mut out = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let run = self.map(GuestOffset(pos), end - pos)?;
+            match run.mapping {
+                Mapping::Data(_) | Mapping::Compressed { .. } => {
+                    push_extent(&mut out, pos, run.len, ExtentKind::Data)
+                }
+                Mapping::Zero => push_extent(&mut out, pos, run.len, ExtentKind::Zero),
+                Mapping::Unallocated => match &self.image.backing {
+                    Some(b) => {
+                        let v = b.view()?;
+                        for e in v.extents(pos, run.len)? {
+                            push_extent(&mut out, e.start, e.len, e.kind);
+                        }
+                        // Past the end of a shorter backing file: zeros.
+                        let covered = v.size().clamp(pos, pos + run.len);
+                        push_extent(&mut out, covered, pos + run.len - covered, ExtentKind::Hole);
+                    }
+                    None => push_extent(&mut out, pos, run.len, ExtentKind::Hole),
+                },
+            }
+            pos += run.len;
+        }
+        Ok(out)
+    }
+}
+
+/// The VM state a snapshot saved, as a view of its own.
+///
+/// QEMU stores it like guest data, starting at the first L1 entry that maps
+/// no guest cluster of the snapshot's disk.
+pub struct VmState {
+    state: State,
+    start: u64,
+    size: u64,
+}
+
+impl VmState {
+    /// The saved VM state of snapshot `index`.
+    pub fn open(image: &Arc<Image>, index: usize) -> Result<VmState> {
+        let state = image.state(StateId::Snapshot(index))?;
+        let coverage = image.header().l1_coverage();
+        let sn = &image.snapshots()[index];
+        let start = sn
+            .disk_size
+            .div_ceil(coverage)
+            .checked_mul(coverage)
+            .ok_or_else(|| Error::corrupt("snapshot table", "VM state offset overflows"))?;
+        Ok(VmState {
+            state,
+            start,
+            size: sn.vm_state_size,
+        })
+    }
+}
+
+impl View for VmState {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let n = clip(buf.len(), offset, self.size);
+        let guest = self
+            .start
+            .checked_add(offset)
+            .ok_or_else(|| Error::corrupt("VM state", "offset overflows"))?;
+        self.state.read_mapped(&mut buf[..n], guest, false)?;
+        Ok(n)
+    }
+
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        Ok(crate::view::all_data(offset, len, self.size()))
+    }
+}
