@@ -57,21 +57,25 @@ impl SourceFile {
         &self.file
     }
 
+    /// The one check that a structure named `what` of `len` bytes at
+    /// `offset` lies wholly inside the file.
+    pub fn check_range(&self, offset: u64, len: u64, what: &str) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(Error::PastEof {
+                what: what.to_string(),
+                offset,
+                len,
+                file_len: self.len,
+            }),
+        }
+    }
+
     /// Fill `buf` from `offset`; a structure named `what` that does not lie
     /// wholly inside the file is an error.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
         let len = buf.len() as u64;
-        match offset.checked_add(len) {
-            Some(end) if end <= self.len => {}
-            _ => {
-                return Err(Error::PastEof {
-                    what: what.to_string(),
-                    offset,
-                    len,
-                    file_len: self.len,
-                });
-            }
-        }
+        self.check_range(offset, len, what)?;
         self.file.read_exact_at(buf, offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::PastEof {

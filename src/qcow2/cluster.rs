@@ -19,6 +19,12 @@ pub const QCOW_OFLAG_COPIED: u64 = 1 << 63;
 pub const QCOW_OFLAG_COMPRESSED: u64 = 1 << 62;
 /// Bit 0 of a standard L2 entry: the cluster reads as zeros.
 pub const QCOW_OFLAG_ZERO: u64 = 1;
+/// L1 entry bits that must be zero (1-8 and 56-62).
+pub const L1E_RESERVED_MASK: u64 = 0x7f00_0000_0000_01ff;
+/// Standard L2 entry bits that must be zero (1-8 and 56-61).
+pub const L2E_STD_RESERVED_MASK: u64 = 0x3f00_0000_0000_01fe;
+/// Refcount table entry bits that must be zero (0-8).
+pub const REFT_RESERVED_MASK: u64 = 0x1ff;
 /// Number of subclusters per cluster with extended L2 entries.
 pub const SUBCLUSTERS: u32 = 32;
 

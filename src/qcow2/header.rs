@@ -2,6 +2,10 @@
 
 use crate::error::{Error, Result};
 use crate::qcow2::be::Be;
+pub use crate::qcow2::extensions::{BitmapDirectory, FeatureName};
+use crate::qcow2::extensions::{EXT_BACKING_FORMAT, EXT_END};
+use crate::qcow2::offsets::HostOffset;
+use crate::qcow2::table::validate_table;
 use crate::source::SourceFile;
 
 /// "QFI\xfb": the first four bytes of every qcow2 file.
@@ -75,13 +79,6 @@ mod field {
 /// to 8 bytes: what [`LayerHeader::encode`] writes.
 pub const V3_HEADER_LENGTH: u32 = 112;
 
-const EXT_END: u32 = 0;
-const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
-const EXT_FEATURE_NAMES: u32 = 0x6803_f857;
-const EXT_BITMAPS: u32 = 0x2385_2875;
-const EXT_CRYPTO: u32 = 0x0537_be77;
-const EXT_DATA_FILE: u32 = 0x4441_5441;
-
 /// How compressed clusters are encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CompressionType {
@@ -89,17 +86,6 @@ pub enum CompressionType {
     Zlib,
     /// A zstd frame.
     Zstd,
-}
-
-/// One entry of the feature name table extension.
-#[derive(Clone, Debug)]
-pub struct FeatureName {
-    /// 0 incompatible, 1 compatible, 2 autoclear.
-    pub kind: u8,
-    /// Bit number.
-    pub bit: u8,
-    /// Human-readable name.
-    pub name: String,
 }
 
 /// A decoded qcow2 header, with its extensions. Field names follow the spec.
@@ -136,19 +122,6 @@ pub struct Header {
     /// Where the bitmaps extension puts the bitmap directory, when the
     /// extension is well formed.
     pub bitmap_directory: Option<BitmapDirectory>,
-}
-
-/// The bitmaps extension: how many persistent bitmaps there are and where
-/// their directory lies. Only `check` reads it (bitmaps do not change what
-/// a state reads).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BitmapDirectory {
-    /// Number of bitmaps.
-    pub count: u32,
-    /// Size of the directory in bytes.
-    pub size: u64,
-    /// Offset of the directory in the file.
-    pub offset: u64,
 }
 
 impl Header {
@@ -322,61 +295,6 @@ impl Header {
         Ok(h)
     }
 
-    fn read_extensions(&mut self, be: &Be) -> Result<()> {
-        let mut off = self.header_length as usize;
-        // Extensions end at a zero type or at the end of the first cluster.
-        while off + 8 <= be.len() {
-            let ty = be.u32(off)?;
-            let len = be.u32(off + 4)? as usize;
-            if ty == EXT_END {
-                break;
-            }
-            let what = format!("header extension {ty:#x} at byte {off}");
-            let data = Be::new(
-                be.bytes(off + 8, len).map_err(|_| {
-                    Error::corrupt(
-                        what.clone(),
-                        format!("length {len} runs past the first cluster"),
-                    )
-                })?,
-                "header extension",
-            );
-            match ty {
-                EXT_BACKING_FORMAT => {
-                    self.backing_format = Some(ext_string(data.bytes(0, len)?));
-                }
-                EXT_DATA_FILE => self.data_file = Some(ext_string(data.bytes(0, len)?)),
-                EXT_FEATURE_NAMES => {
-                    for i in 0..len / 48 {
-                        let e = data.bytes(i * 48, 48)?;
-                        self.feature_names.push(FeatureName {
-                            kind: e[0],
-                            bit: e[1],
-                            name: ext_string(&e[2..]),
-                        });
-                    }
-                }
-                EXT_BITMAPS => {
-                    self.has_bitmaps = true;
-                    if len >= 24 {
-                        self.bitmap_directory = Some(BitmapDirectory {
-                            count: data.u32(0)?,
-                            size: data.u64(8)?,
-                            offset: data.u64(16)?,
-                        });
-                    }
-                }
-                EXT_CRYPTO => {}
-                _ => {}
-            }
-            // Each extension's data is padded to a multiple of 8 bytes.
-            off = off
-                .checked_add(8 + len.div_ceil(8) * 8)
-                .ok_or_else(|| Error::corrupt(what, "length overflows"))?;
-        }
-        Ok(())
-    }
-
     fn validate(&self, file: &SourceFile) -> Result<()> {
         if self.crypt_method != 0 {
             let how = if self.crypt_method == 1 {
@@ -435,7 +353,9 @@ impl Header {
             u64::from(self.refcount_table_clusters) << self.cluster_bits,
             MAX_REFTABLE_BYTES,
         )?;
-        if self.nb_snapshots > 0 && !is_aligned(self.snapshots_offset, self.cluster_bits) {
+        if self.nb_snapshots > 0
+            && !HostOffset(self.snapshots_offset).is_cluster_aligned(self.cluster_bits)
+        {
             return Err(Error::corrupt(
                 "snapshot table",
                 format!("offset {:#x} is not cluster aligned", self.snapshots_offset),
@@ -453,56 +373,6 @@ impl Header {
             ));
         }
         Ok(())
-    }
-}
-
-fn ext_string(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
-}
-
-fn is_aligned(offset: u64, cluster_bits: u32) -> bool {
-    offset & ((1u64 << cluster_bits) - 1) == 0
-}
-
-/// The one validator for contiguous tables (L1, refcount table, snapshot
-/// table, snapshot L1 tables): offset aligned, size within `limit`, and the
-/// whole table inside the file. Called before anything is allocated for it.
-pub fn validate_table(
-    file: &SourceFile,
-    cluster_bits: u32,
-    what: &'static str,
-    offset: u64,
-    bytes: u64,
-    limit: u64,
-) -> Result<()> {
-    if bytes > limit {
-        return Err(Error::TooLarge {
-            what,
-            value: bytes,
-            limit,
-        });
-    }
-    if bytes == 0 {
-        return Ok(());
-    }
-    if !is_aligned(offset, cluster_bits) {
-        return Err(Error::corrupt(
-            what,
-            format!("offset {offset:#x} is not cluster aligned"),
-        ));
-    }
-    if offset == 0 {
-        return Err(Error::corrupt(what, "offset 0 overlaps the header"));
-    }
-    match offset.checked_add(bytes) {
-        Some(end) if end <= file.len() => Ok(()),
-        _ => Err(Error::PastEof {
-            what: what.to_string(),
-            offset,
-            len: bytes,
-            file_len: file.len(),
-        }),
     }
 }
 

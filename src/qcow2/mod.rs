@@ -2,9 +2,12 @@
 //! decoded, and where layers write it encoded, here and nowhere else.
 
 pub mod be;
+pub mod bitmap;
 pub mod cluster;
 pub mod compress;
+pub mod extensions;
 pub mod header;
 pub mod offsets;
 pub mod refcount;
 pub mod snapshot;
+pub mod table;

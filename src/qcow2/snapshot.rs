@@ -2,7 +2,8 @@
 
 use crate::error::{Error, Result};
 use crate::qcow2::be::Be;
-use crate::qcow2::header::{Header, MAX_L1_BYTES, MAX_SNAPSHOT_TABLE_BYTES, validate_table};
+use crate::qcow2::header::{Header, MAX_L1_BYTES, MAX_SNAPSHOT_TABLE_BYTES};
+use crate::qcow2::table::validate_table;
 use crate::source::SourceFile;
 
 /// Fixed part of a snapshot table entry, before extra data, id and name.

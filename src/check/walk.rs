@@ -1,0 +1,304 @@
+//! The walk of every table of an image, tallying references per host
+//! cluster as `qemu-img check` does.
+
+use super::{CheckReport, MAX_CHECK_L2_ENTRIES, MAX_MESSAGES, StateFigures};
+use crate::image::Image;
+use crate::qcow2::be::be64_table;
+use crate::qcow2::cluster::{
+    L1E_OFFSET_MASK, L1E_RESERVED_MASK, L2E_OFFSET_MASK, L2E_STD_RESERVED_MASK,
+    QCOW_OFLAG_COMPRESSED, QCOW_OFLAG_COPIED,
+};
+use crate::qcow2::header::INCOMPAT_DATA_FILE;
+
+pub(super) struct Walk<'a> {
+    pub(super) image: &'a Image,
+    pub(super) cluster_bits: u32,
+    pub(super) cluster_size: u64,
+    pub(super) file_len: u64,
+    pub(super) refcount_max: u64,
+    /// References counted per host cluster (4 bytes per cluster of the
+    /// file: the check's memory bound).
+    pub(super) refs: Vec<u32>,
+    /// L2 entries visited so far.
+    pub(super) visited: u64,
+    /// Bitmap table entries visited so far.
+    pub(super) bitmap_entries: u64,
+    pub(super) report: CheckReport,
+}
+
+impl Walk<'_> {
+    /// Count one reference to every cluster touched by `[offset, offset+size)`.
+    pub(super) fn inc(&mut self, offset: u64, size: u64) {
+        if size == 0 {
+            return;
+        }
+        let end = offset.saturating_add(size);
+        if end.saturating_sub(self.file_len) >= self.cluster_size {
+            self.report.corruptions += 1;
+            self.report.say(format_args!(
+                "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset {offset:#x} size {size:#x}"
+            ));
+            return;
+        }
+        let first = offset >> self.cluster_bits;
+        let last = (end - 1) >> self.cluster_bits;
+        for k in first..=last {
+            let k = k as usize;
+            if k >= self.refs.len() {
+                self.refs.resize(k + 1, 0);
+            }
+            if u64::from(self.refs[k]) >= self.refcount_max.min(u64::from(u32::MAX)) {
+                self.report.corruptions += 1;
+                self.report.say(format_args!(
+                    "ERROR: overflow cluster offset={:#x}",
+                    (k as u64) << self.cluster_bits
+                ));
+                continue;
+            }
+            self.refs[k] += 1;
+        }
+    }
+
+    /// The walk reached its bound: an error that is always said, even past
+    /// the bound on messages.
+    pub(super) fn stop(&mut self, bound: u64, what: &str) {
+        self.report.check_errors += 1;
+        self.report
+            .messages
+            .push(format!("check stopped: more than {bound} {what} to visit"));
+    }
+
+    /// A corruption, counted and said.
+    pub(super) fn corrupt(&mut self, msg: std::fmt::Arguments) {
+        self.report.corruptions += 1;
+        self.report.say(msg);
+    }
+
+    /// Walk one L1 table; `active` gathers allocation figures as qemu-img
+    /// does for the active table only. Returns the sorted host data clusters.
+    pub(super) fn l1(
+        &mut self,
+        fig: &mut StateFigures,
+        l1_offset: u64,
+        l1_size: u64,
+        active: bool,
+    ) -> Vec<u64> {
+        self.inc(l1_offset, l1_size * 8);
+        let mut data = Vec::new();
+        if l1_size == 0 {
+            return data;
+        }
+        let l1 = match self
+            .image
+            .file()
+            .read_vec(l1_offset, l1_size * 8, "L1 table")
+        {
+            Ok(b) => be64_table(&b),
+            Err(e) => {
+                self.report.check_errors += 1;
+                self.report
+                    .say(format_args!("ERROR: I/O error in check_refcounts_l1: {e}"));
+                return data;
+            }
+        };
+        fig.l1_size = l1_size;
+        let mut walked: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        for (i, &entry) in l1.iter().enumerate() {
+            if entry & L1E_RESERVED_MASK != 0 {
+                self.report.corruptions += 1;
+                fig.l1_invalid += 1;
+                self.report.say(format_args!(
+                    "ERROR found L1 entry with reserved bits set: {entry:#x}"
+                ));
+            }
+            let l2_offset = entry & L1E_OFFSET_MASK;
+            if l2_offset == 0 {
+                fig.l1_unused += 1;
+                continue;
+            }
+            fig.l1_used += 1;
+            self.inc(l2_offset, self.cluster_size);
+            if l2_offset & (self.cluster_size - 1) != 0 {
+                fig.l1_unaligned += 1;
+                self.report.corruptions += 1;
+                self.report.say(format_args!(
+                    "ERROR l2_offset={l2_offset:x}: Table is not cluster aligned; L1 entry corrupted"
+                ));
+            }
+            if !walked.insert(l2_offset) {
+                // Counted above; walking it again would only repeat the work.
+                fig.l1_invalid += 1;
+                self.report.corruptions += 1;
+                if self.report.messages.len() < MAX_MESSAGES {
+                    self.report.say(format_args!(
+                        "ERROR l2_offset={l2_offset:x}: L2 table referenced twice by one L1 table (entry {i})"
+                    ));
+                }
+                continue;
+            }
+            self.visited += self.image.header().l2_entries();
+            if self.visited > MAX_CHECK_L2_ENTRIES {
+                if self.visited - self.image.header().l2_entries() <= MAX_CHECK_L2_ENTRIES {
+                    self.stop(MAX_CHECK_L2_ENTRIES, "L2 entries");
+                }
+                continue;
+            }
+            self.l2(fig, l2_offset, i, active, &mut data);
+        }
+        data.sort_unstable();
+        data.dedup();
+        data
+    }
+
+    pub(super) fn l2(
+        &mut self,
+        fig: &mut StateFigures,
+        l2_offset: u64,
+        l1_index: usize,
+        active: bool,
+        data: &mut Vec<u64>,
+    ) {
+        let h = self.image.header();
+        let ext = h.extended_l2();
+        let has_data_file = h.incompatible_features & INCOMPAT_DATA_FILE != 0;
+        let geo = self.image.compressed_geometry();
+        let table = match self
+            .image
+            .file()
+            .read_vec(l2_offset, self.cluster_size, "L2 table")
+        {
+            Ok(b) => be64_table(&b),
+            Err(e) => {
+                self.report.check_errors += 1;
+                self.report.say(format_args!(
+                    "ERROR: I/O error in check_refcounts_l2 (L1[{l1_index}]): {e}"
+                ));
+                fig.l1_invalid += 1;
+                return;
+            }
+        };
+        let stride = if ext { 2 } else { 1 };
+        let mut next_contiguous = 0u64;
+        for i in 0..h.l2_entries() as usize {
+            let entry = table.get(i * stride).copied().unwrap_or(0);
+            let bitmap = if ext {
+                table.get(i * stride + 1).copied().unwrap_or(0)
+            } else {
+                0
+            };
+            if entry & QCOW_OFLAG_COMPRESSED != 0 {
+                fig.l2_used += 1;
+                fig.l2_compressed += 1;
+                if entry & QCOW_OFLAG_COPIED != 0 {
+                    self.report.corruptions += 1;
+                    fig.l2_invalid += 1;
+                    self.report.say(format_args!(
+                        "ERROR: coffset={:#x}: copied flag must never be set for compressed clusters",
+                        entry & !QCOW_OFLAG_COPIED & !QCOW_OFLAG_COMPRESSED
+                    ));
+                }
+                if has_data_file {
+                    self.report.corruptions += 1;
+                    self.report.say(format_args!(
+                        "ERROR compressed cluster {i} with data file, entry={entry:#x}"
+                    ));
+                }
+                if bitmap != 0 {
+                    self.report.corruptions += 1;
+                    self.report.say(format_args!(
+                        "ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry={entry:#x}"
+                    ));
+                }
+                let entry = crate::qcow2::cluster::decode_l2(
+                    entry & !QCOW_OFLAG_COPIED,
+                    None,
+                    self.cluster_bits,
+                    geo,
+                    &String::new,
+                );
+                if let Ok(crate::qcow2::cluster::L2Entry::Compressed { host, len }) = entry {
+                    self.inc(host.0, len);
+                    let first = host.0 >> self.cluster_bits;
+                    let last = (host.0 + len - 1) >> self.cluster_bits;
+                    data.extend(first..=last);
+                }
+                if active {
+                    self.report.allocated_clusters += 1;
+                    self.report.compressed_clusters += 1;
+                    self.report.fragmented_clusters += 1;
+                }
+                continue;
+            }
+            if entry & L2E_STD_RESERVED_MASK != 0 {
+                self.report.corruptions += 1;
+                fig.l2_invalid += 1;
+                self.report.say(format_args!(
+                    "ERROR found l2 entry with reserved bits set: {entry:#x}"
+                ));
+            }
+            let offset = entry & L2E_OFFSET_MASK;
+            let zero_flag = !ext && entry & 1 != 0;
+            if offset == 0 {
+                if zero_flag {
+                    fig.l2_used += 1;
+                    fig.l2_zero += 1;
+                } else {
+                    if ext && bitmap & 0xffff_ffff != 0 {
+                        self.report.corruptions += 1;
+                        fig.l2_invalid += 1;
+                        self.report.say(format_args!(
+                            "ERROR: Unallocated cluster has non-zero subcluster allocation map"
+                        ));
+                    }
+                    if ext && bitmap != 0 {
+                        fig.l2_used += 1;
+                        fig.l2_zero += 1;
+                    } else {
+                        fig.l2_unused += 1;
+                    }
+                }
+                continue;
+            }
+            fig.l2_used += 1;
+            if zero_flag {
+                fig.l2_zero += 1;
+            }
+            if ext && (bitmap >> 32) & bitmap != 0 {
+                self.report.corruptions += 1;
+                fig.l2_invalid += 1;
+                self.report.say(format_args!(
+                    "ERROR offset={offset:x}: Allocated cluster has corrupted subcluster allocation bitmap"
+                ));
+            }
+            if offset & (self.cluster_size - 1) != 0 {
+                self.report.corruptions += 1;
+                fig.l2_unaligned += 1;
+                let contains_data = if ext {
+                    bitmap & 0xffff_ffff != 0
+                } else {
+                    !zero_flag
+                };
+                if !contains_data {
+                    self.report.say(format_args!(
+                        "ERROR offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted."
+                    ));
+                    continue;
+                }
+                self.report.say(format_args!(
+                    "ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted."
+                ));
+            }
+            if active {
+                self.report.allocated_clusters += 1;
+                if next_contiguous != 0 && offset != next_contiguous {
+                    self.report.fragmented_clusters += 1;
+                }
+                next_contiguous = offset + self.cluster_size;
+            }
+            if !has_data_file {
+                self.inc(offset, self.cluster_size);
+                data.push(offset >> self.cluster_bits);
+            }
+        }
+    }
+}
