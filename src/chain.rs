@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
@@ -209,21 +210,17 @@ pub fn build_with(
     Layer::plan(x, &xmap, &ymap, spec.backing.clone())
 }
 
-/// The date of a state, as (seconds, nanoseconds): a snapshot's own date;
-/// the active state's is the image file's mtime.
-pub fn state_time(image: &Image, which: StateId) -> (i64, u32) {
+/// The date of a state: a snapshot's own date; the active state's is the
+/// image file's mtime.
+pub fn state_time(image: &Image, which: StateId) -> SystemTime {
     match which {
-        StateId::Snapshot(i) => {
-            let s = &image.snapshots()[i];
-            (i64::from(s.date_sec), s.date_nsec.min(999_999_999))
-        }
-        StateId::Active => {
-            use std::os::unix::fs::MetadataExt;
-            match image.file().file().metadata() {
-                Ok(m) => (m.mtime(), m.mtime_nsec() as u32),
-                Err(_) => (0, 0),
-            }
-        }
+        StateId::Snapshot(i) => image.snapshots()[i].date(),
+        StateId::Active => image
+            .file()
+            .file()
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(UNIX_EPOCH),
     }
 }
 

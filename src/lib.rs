@@ -2,6 +2,7 @@
 //! chains of external qcow2 layers synthesized from them.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod cache;
 pub mod chain;

@@ -80,32 +80,28 @@ fn emit(text: &str) -> Result<(), ExitCode> {
 }
 
 fn export(path: &std::path::Path, out: &std::path::Path, forward: bool, force: bool) -> ExitCode {
-    use std::io::{IsTerminal, Write};
     let dir = if forward {
         Direction::Forward
     } else {
         Direction::Reverse
     };
     let opts = OpenOptions::new(qcow2fs::cache::DEFAULT_CACHE_BYTES);
-    let tty = std::io::stderr().is_terminal();
-    let mut last = 0u64;
+    // A bar on a terminal; nothing when stderr is a file or a pipe.
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "exporting {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let mut progress = |done: u64, total: u64| {
-        let pct = (done * 100).checked_div(total).unwrap_or(100);
-        if tty && (pct != last || done == total) {
-            last = pct;
-            let _ = write!(
-                std::io::stderr(),
-                "\rexporting: {pct:3}% ({} of {} MiB)",
-                done >> 20,
-                total >> 20
-            );
-        }
+        bar.set_length(total);
+        bar.set_position(done);
     };
     let r = Image::open(path, &opts)
         .and_then(|img| chain::export(&img, dir, out, force, &mut progress));
-    if tty {
-        eprintln!();
-    }
+    bar.finish_and_clear();
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

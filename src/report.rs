@@ -401,31 +401,11 @@ pub fn open_error_text(path: &std::path::Path, err: &crate::Error) -> String {
     )
 }
 
-/// UTC date as YYYY-MM-DD HH:MM:SS (civil-from-days, no time zone data).
+/// UTC date as YYYY-MM-DD HH:MM:SS.
 pub fn format_date(secs: u32) -> String {
-    let s = i64::from(secs);
-    let days = s.div_euclid(86400);
-    let rem = s.rem_euclid(86400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    jiff::Timestamp::from_second(i64::from(secs))
+        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|_| format!("@{secs}"))
 }
 
 #[cfg(test)]

@@ -64,8 +64,11 @@ pub struct StateFigures {
 /// The outcome of a check, with the same counts as `qemu-img check`.
 #[derive(Clone, Debug, Default)]
 pub struct CheckReport {
+    /// Errors that make the image inconsistent.
     pub corruptions: u64,
+    /// Clusters with a refcount but no reference.
     pub leaks: u64,
+    /// Structures that could not be read while checking.
     pub check_errors: u64,
     /// QCOW_OFLAG_COPIED mismatches (counted among the corruptions too).
     pub oflag_copied_mismatches: u64,
@@ -73,7 +76,9 @@ pub struct CheckReport {
     pub allocated_clusters: u64,
     /// Guest clusters of the active state's virtual size.
     pub total_clusters: u64,
+    /// Compressed clusters of the active state.
     pub compressed_clusters: u64,
+    /// Clusters of the active state not contiguous with the one before.
     pub fragmented_clusters: u64,
     /// End of the highest cluster in use.
     pub image_end_offset: u64,

@@ -91,23 +91,41 @@ pub enum CompressionType {
 /// A decoded qcow2 header, with its extensions. Field names follow the spec.
 #[derive(Clone, Debug)]
 pub struct Header {
+    /// Format version: 2 or 3.
     pub version: u32,
+    /// Where the backing file name is, 0 for none.
     pub backing_file_offset: u64,
+    /// Length of the backing file name.
     pub backing_file_size: u32,
+    /// log2 of the cluster size.
     pub cluster_bits: u32,
+    /// Virtual disk size in bytes, as recorded.
     pub size: u64,
+    /// 0: not encrypted.
     pub crypt_method: u32,
+    /// Entries of the active L1 table.
     pub l1_size: u32,
+    /// Where the active L1 table is.
     pub l1_table_offset: u64,
+    /// Where the refcount table is.
     pub refcount_table_offset: u64,
+    /// Clusters the refcount table occupies.
     pub refcount_table_clusters: u32,
+    /// Number of internal snapshots.
     pub nb_snapshots: u32,
+    /// Where the snapshot table is.
     pub snapshots_offset: u64,
+    /// Incompatible feature bits.
     pub incompatible_features: u64,
+    /// Compatible feature bits.
     pub compatible_features: u64,
+    /// Autoclear feature bits.
     pub autoclear_features: u64,
+    /// log2 of the refcount width in bits.
     pub refcount_order: u32,
+    /// Length of the header structure.
     pub header_length: u32,
+    /// How compressed clusters are encoded.
     pub compression_type: CompressionType,
     /// The backing file name, if any.
     pub backing_file: Option<String>,

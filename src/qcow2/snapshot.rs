@@ -1,5 +1,7 @@
 //! The snapshot table (docs/interop/qcow2.txt, "Snapshots").
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use crate::error::{Error, Result};
 use crate::qcow2::be::Be;
 use crate::qcow2::header::{Header, MAX_L1_BYTES, MAX_SNAPSHOT_TABLE_BYTES};
@@ -38,6 +40,19 @@ pub struct Snapshot {
     pub icount: Option<u64>,
     /// Bytes of extra data in the entry.
     pub extra_data_size: u32,
+}
+
+impl Snapshot {
+    /// When the snapshot was taken.
+    pub fn date(&self) -> SystemTime {
+        date(self.date_sec, self.date_nsec)
+    }
+}
+
+/// A snapshot table date (seconds and nanoseconds since the epoch, UTC) as
+/// a time; a nanosecond field out of range is clamped.
+pub fn date(sec: u32, nsec: u32) -> SystemTime {
+    UNIX_EPOCH + Duration::new(u64::from(sec), nsec.min(999_999_999))
 }
 
 /// Reads a table of unknown length in growing pieces, never past `limit`

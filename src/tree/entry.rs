@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
@@ -181,10 +181,9 @@ impl ImageEntry {
     /// file's for the image's own backing).
     pub(super) fn layer_time(&self, spec: &LayerSpec) -> Result<SystemTime> {
         let img = self.image()?;
-        let t = |(s, ns): (i64, u32)| UNIX_EPOCH + Duration::new(s.max(0) as u64, ns);
-        let x = t(chain::state_time(img, spec.x));
+        let x = chain::state_time(img, spec.x);
         let y = match spec.y {
-            Some(y) => t(chain::state_time(img, y)),
+            Some(y) => chain::state_time(img, y),
             None => img
                 .backing()
                 .and_then(|b| b.path.as_ref())

@@ -95,5 +95,5 @@ pub(super) fn mtime_of(m: &std::fs::Metadata) -> SystemTime {
 }
 
 pub(super) fn snapshot_time(k: &SnapKey) -> SystemTime {
-    UNIX_EPOCH + Duration::new(u64::from(k.date_sec), k.date_nsec.min(999_999_999))
+    crate::qcow2::snapshot::date(k.date_sec, k.date_nsec)
 }
