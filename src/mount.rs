@@ -66,13 +66,39 @@ fn fail<T>(detail: String) -> Result<T> {
 /// /proc/self/mountinfo, without touching the mount itself.
 fn mount_device(mp: &Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = mp.to_str()?;
+    let want = mp.as_os_str().as_encoded_bytes();
     info.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
-            (f.get(4) == Some(&want)).then(|| f.get(2).map(|s| s.to_string()))?
+            let point = unescape_mountinfo(f.get(4)?);
+            (point == want).then(|| f.get(2).map(|s| s.to_string()))?
         })
         .next_back()
+}
+
+/// A path field of /proc/self/mountinfo with its octal escapes (`\040` for
+/// a space, `\011`, `\012`, `\134`) decoded.
+fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).and_then(|d| {
+            let s = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(s, 8).ok()
+        });
+        match (b[i], octal) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Options of mount(8) and fstab accepted and ignored.
@@ -340,5 +366,15 @@ fn daemonize(mp: &Path) -> Result<()> {
             ));
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(super::unescape_mountinfo("/mnt/a\\040b"), b"/mnt/a b");
+        assert_eq!(super::unescape_mountinfo("/x\\134y\\011"), b"/x\\y\t");
+        assert_eq!(super::unescape_mountinfo("/plain"), b"/plain");
     }
 }

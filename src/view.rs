@@ -67,6 +67,44 @@ pub fn push_extent(out: &mut Vec<Extent>, start: u64, len: u64, kind: ExtentKind
     out.push(Extent { start, len, kind });
 }
 
+/// The first window [`scan_extents`] asks a view for (1 GiB).
+const FIRST_WINDOW: u64 = 1 << 30;
+/// A window that returned fewer extents than this is doubled for the next
+/// step, so that a sparse disk of petabytes takes a few dozen steps.
+const FEW_EXTENTS: usize = 1024;
+/// A window that returned more extents than this is halved (down to the
+/// first window) for the next step, so that one step's list stays small.
+const MANY_EXTENTS: usize = 1 << 16;
+
+/// Visit the extents of `view` from `offset` to its end in order, asking for
+/// them a window at a time; the window grows over sparse stretches and
+/// shrinks over dense ones, so time follows the metadata and memory stays
+/// bounded. `visit` returns false to stop.
+pub fn scan_extents(
+    view: &dyn View,
+    offset: u64,
+    mut visit: impl FnMut(&Extent) -> bool,
+) -> Result<()> {
+    let size = view.size();
+    let mut pos = offset;
+    let mut window = FIRST_WINDOW;
+    while pos < size {
+        let ext = view.extents(pos, window)?;
+        for e in &ext {
+            if !visit(e) {
+                return Ok(());
+            }
+        }
+        pos = pos.saturating_add(window);
+        if ext.len() < FEW_EXTENTS {
+            window = window.saturating_mul(2);
+        } else if ext.len() > MANY_EXTENTS {
+            window = (window / 2).max(FIRST_WINDOW);
+        }
+    }
+    Ok(())
+}
+
 /// The extents of a view that is data throughout (generated files).
 pub fn all_data(offset: u64, len: u64, size: u64) -> Vec<Extent> {
     let mut out = Vec::new();

@@ -54,14 +54,18 @@ impl State {
     }
 
     /// The run of bytes starting at `guest`, at most `max_len` long, that has
-    /// one mapping. Runs stop at L2 table boundaries. Offsets past the L1
-    /// table are unallocated (they can only be reached for VM state).
+    /// one mapping. Runs of allocated L2 tables stop at the table's
+    /// boundary; a run of unused L1 entries is one run, however long, so
+    /// that walking a state costs time in proportion to the tables that
+    /// exist, not to the virtual size. Offsets past the L1 table are
+    /// unallocated (they can only be reached for VM state).
     pub fn map(&self, guest: GuestOffset, max_len: u64) -> Result<Run> {
         let h = self.image.header();
         let cb = h.cluster_bits;
         let cs = h.cluster_size();
         let coverage = h.l1_coverage();
         let l1_index = guest.0 / coverage;
+        let want = max_len;
         let to_table_end = coverage - guest.0 % coverage;
         let max_len = max_len.min(to_table_end);
         let l1_what = || match self.which {
@@ -77,9 +81,24 @@ impl State {
             .copied()
             .unwrap_or(0);
         let Some(l2_offset) = cluster::decode_l1(l1_entry, cb, &l1_what)? else {
+            // Skip every following unused entry too.
+            let next_used = usize::try_from(l1_index)
+                .ok()
+                .and_then(|i| {
+                    let rest = self.l1.get(i + 1..)?;
+                    let k = rest
+                        .iter()
+                        .position(|e| e & cluster::L1E_OFFSET_MASK != 0)?;
+                    Some(i as u64 + 1 + k as u64)
+                })
+                .and_then(|j| j.checked_mul(coverage));
+            let len = match next_used {
+                Some(end) => want.min(end - guest.0),
+                None => want,
+            };
             return Ok(Run {
                 mapping: Mapping::Unallocated,
-                len: max_len,
+                len,
             });
         };
         let l2_what = || format!("L2 table at {l2_offset} (L1[{l1_index}])");

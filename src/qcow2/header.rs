@@ -10,6 +10,9 @@ use crate::source::SourceFile;
 
 /// "QFI\xfb": the first four bytes of every qcow2 file.
 pub const QCOW2_MAGIC: u32 = 0x5146_49fb;
+/// QEMU counts disk sizes in whole 512-byte sectors: a virtual size or a
+/// snapshot's disk size is rounded down to a multiple of this.
+pub const SECTOR_SIZE: u64 = 512;
 /// Smallest cluster size the specification allows (512 bytes).
 pub const MIN_CLUSTER_BITS: u32 = 9;
 /// Largest cluster size QEMU creates or opens (2 MiB).
@@ -272,7 +275,7 @@ impl Header {
             backing_file_offset: be.u64(field::BACKING_FILE_OFFSET)?,
             backing_file_size: be.u32(field::BACKING_FILE_SIZE)?,
             cluster_bits,
-            size: be.u64(field::SIZE)?,
+            size: be.u64(field::SIZE)? & !(SECTOR_SIZE - 1),
             crypt_method: be.u32(field::CRYPT_METHOD)?,
             l1_size: be.u32(field::L1_SIZE)?,
             l1_table_offset: be.u64(field::L1_TABLE_OFFSET)?,

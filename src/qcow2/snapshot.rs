@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::qcow2::be::Be;
-use crate::qcow2::header::{Header, MAX_L1_BYTES, MAX_SNAPSHOT_TABLE_BYTES};
+use crate::qcow2::header::{Header, MAX_L1_BYTES, MAX_SNAPSHOT_TABLE_BYTES, SECTOR_SIZE};
 use crate::qcow2::table::validate_table;
 use crate::source::SourceFile;
 
@@ -180,7 +180,7 @@ pub fn read_snapshots(file: &SourceFile, h: &Header) -> Result<(Vec<Snapshot>, u
             u64::from(vm_state_size32)
         };
         let disk_size = if extra_len >= 16 {
-            extra.u64(8)?
+            extra.u64(8)? & !(SECTOR_SIZE - 1)
         } else {
             h.size
         };

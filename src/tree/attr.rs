@@ -7,10 +7,9 @@ use super::Tree;
 use super::entry::ImageEntry;
 use super::freshness::{mtime_of, snapshot_time};
 use super::node::Node;
-use super::seek::SEEK_WINDOW;
 use crate::error::{Error, Result};
 use crate::image::StateId;
-use crate::view::{ExtentKind, View};
+use crate::view::{ExtentKind, View, scan_extents};
 
 /// File or folder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,19 +156,14 @@ impl Tree {
             return b;
         }
         let mut data = 0u64;
-        let mut pos = 0;
-        while pos < v.size() {
-            match v.extents(pos, SEEK_WINDOW) {
-                Ok(ext) => {
-                    data += ext
-                        .iter()
-                        .filter(|x| x.kind == ExtentKind::Data)
-                        .map(|x| x.len)
-                        .sum::<u64>()
-                }
-                Err(_) => return v.size().div_ceil(512),
+        let counted = scan_extents(v, 0, |x| {
+            if x.kind == ExtentKind::Data {
+                data += x.len;
             }
-            pos += SEEK_WINDOW;
+            true
+        });
+        if counted.is_err() {
+            return v.size().div_ceil(512);
         }
         let b = data.div_ceil(512);
         e.blocks.lock().insert(which, b);

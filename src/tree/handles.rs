@@ -127,16 +127,23 @@ impl Tree {
     /// opened. A snapshot deleted meanwhile is an error: its clusters may
     /// have been reused.
     pub(super) fn current_view(&self, h: &Mutex<Handle>) -> Result<Resolved> {
-        let mut g = h.lock();
-        if let (Some(e), Some(rel)) = (&g.entry, image_of(&g.node)) {
-            let now = self.entry(rel)?;
-            if !Arc::ptr_eq(e, &now) {
-                let (view, entry) = self.view(&g.node)?;
-                g.view = view;
-                g.entry = entry;
-            }
+        // The lock is held to copy the handle out and to store a new view,
+        // never across the stat, reopen and planning in between.
+        let (node, view, entry) = {
+            let g = h.lock();
+            (g.node.clone(), Arc::clone(&g.view), g.entry.clone())
+        };
+        let (Some(e), Some(rel)) = (&entry, image_of(&node)) else {
+            return Ok((view, entry));
+        };
+        if Arc::ptr_eq(e, &self.entry(rel)?) {
+            return Ok((view, entry));
         }
-        Ok((Arc::clone(&g.view), g.entry.clone()))
+        let (view, entry) = self.view(&node)?;
+        let mut g = h.lock();
+        g.view = Arc::clone(&view);
+        g.entry = entry.clone();
+        Ok((view, entry))
     }
 
     /// Read up to `size` bytes at `offset` from an open file.
