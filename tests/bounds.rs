@@ -60,7 +60,7 @@ fn a_read_at_the_end_of_the_address_space_ends() {
     let state = image.state(StateId::Active).unwrap();
     // Past the L1 table nothing is allocated: zeros, or an error, but an
     // answer (no overflow, no loop on an empty run).
-    let mut buf = vec![7u8; 100];
+    let mut buf = [7u8; 100];
     let r = state.read_mapped(&mut buf[..50], u64::MAX - 50, false);
     assert!(r.is_err() || buf[..50].iter().all(|&b| b == 0));
 }
