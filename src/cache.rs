@@ -118,15 +118,25 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// Caches sharing a total budget of `bytes`: half for L2 tables, a
-    /// quarter each for refcount blocks and decompressed clusters.
+    /// Caches sharing a total budget of `bytes`: 3/8 for L2 tables, 1/8 for
+    /// refcount blocks, 1/4 for decompressed clusters; the last quarter is
+    /// [`memo_budget`] for what a mount remembers of each image.
     pub fn new(bytes: u64) -> Arc<Caches> {
         Arc::new(Caches {
-            l2: ByteLru::new(bytes / 2),
-            refblocks: ByteLru::new(bytes / 4),
+            l2: ByteLru::new(bytes / 8 * 3),
+            refblocks: ByteLru::new(bytes / 8),
             decompressed: ByteLru::new(bytes / 4),
         })
     }
+}
+
+/// The share of a total budget of `bytes` for open states (with their L1
+/// tables), cluster maps and layer plans.
+pub fn memo_budget(bytes: u64) -> u64 {
+    bytes / 4
+}
+
+impl Caches {
 
     /// Drop everything cached for the opened image `image_id`.
     pub fn forget_image(&self, image_id: u64) {

@@ -19,7 +19,11 @@ pub(super) fn check_oflag_copied(image: &Image, refcounts: &Refcounts, report: &
     }
     let stride = if h.extended_l2() { 2 } else { 1 };
     let mut walked: std::collections::HashSet<u64> = std::collections::HashSet::new();
-    for (i, &l1_entry) in image.active_l1().iter().enumerate() {
+    let Ok(active_l1) = image.active_l1() else {
+        // The walk has already reported an unreadable active L1 table.
+        return;
+    };
+    for (i, &l1_entry) in active_l1.iter().enumerate() {
         let l2_offset = l1_entry & L1E_OFFSET_MASK;
         // A table met twice was reported by the reference walk.
         if l2_offset == 0 || !walked.insert(l2_offset) {

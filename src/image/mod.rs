@@ -60,7 +60,6 @@ pub struct Image {
     header: Header,
     snapshots: Vec<Snapshot>,
     snapshot_table_bytes: u64,
-    active_l1: Arc<Vec<u64>>,
     backing: Option<Backing>,
     caches: Arc<Caches>,
     geo: CompressedGeometry,
@@ -98,11 +97,6 @@ impl Image {
         let file = SourceFile::open(path)?;
         let header = Header::read(&file)?;
         let (snapshots, snapshot_table_bytes) = read_snapshots(&file, &header)?;
-        let l1_bytes = file.read_vec(
-            header.l1_table_offset,
-            u64::from(header.l1_size) * 8,
-            "active L1 table",
-        )?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let data_file = match (
             &header.data_file,
@@ -136,7 +130,6 @@ impl Image {
             id: NEXT_IMAGE_ID.fetch_add(1, Ordering::Relaxed),
             file,
             data_file,
-            active_l1: Arc::new(be64_table(&l1_bytes)),
             header,
             snapshots,
             snapshot_table_bytes,
@@ -186,9 +179,17 @@ impl Image {
         &self.caches
     }
 
-    /// The active L1 table entries.
-    pub fn active_l1(&self) -> &Arc<Vec<u64>> {
-        &self.active_l1
+    /// Read the active L1 table (validated when the header was read). It
+    /// is read when a state needs it, not kept with the image, so that an
+    /// open image costs memory for its header and snapshot table only.
+    pub fn active_l1(&self) -> Result<Vec<u64>> {
+        let h = &self.header;
+        let bytes = self.file.read_vec(
+            h.l1_table_offset,
+            u64::from(h.l1_size) * 8,
+            &format!("active L1 table at {:#x}", h.l1_table_offset),
+        )?;
+        Ok(be64_table(&bytes))
     }
 
     /// Geometry of compressed descriptors.
@@ -218,7 +219,7 @@ impl Image {
     /// Open a state of this image as a view.
     pub fn state(self: &Arc<Image>, which: StateId) -> Result<State> {
         let (l1, size) = match which {
-            StateId::Active => (Arc::clone(&self.active_l1), self.header.size),
+            StateId::Active => (Arc::new(self.active_l1()?), self.header.size),
             StateId::Snapshot(i) => (Arc::new(self.snapshot_l1(i)?), self.snapshot(i)?.disk_size),
         };
         check_l1_distinct(&l1, which)?;

@@ -229,6 +229,13 @@ fn continues(first: Mapping, len: u64, next: Mapping) -> bool {
     }
 }
 
+impl crate::cache::Weigh for State {
+    fn weight(&self) -> u64 {
+        // The L1 table, plus the fixed part.
+        (self.l1.len() * 8 + std::mem::size_of::<State>()) as u64
+    }
+}
+
 impl View for State {
     fn size(&self) -> u64 {
         self.size

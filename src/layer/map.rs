@@ -330,6 +330,12 @@ impl ClusterMap {
     }
 }
 
+impl crate::cache::Weigh for ClusterMap {
+    fn weight(&self) -> u64 {
+        (self.runs.len() * std::mem::size_of::<OwnRun>() + std::mem::size_of::<ClusterMap>()) as u64
+    }
+}
+
 /// `m` as seen `k` bytes into a run that starts with it.
 fn shifted(m: Mapping, k: u64) -> Mapping {
     match m {

@@ -312,6 +312,17 @@ impl Layer {
     }
 }
 
+impl crate::cache::Weigh for Layer {
+    fn weight(&self) -> u64 {
+        // The plan, the header cluster, the L2 index, and the state it
+        // reads from (which it keeps alive).
+        let own = self.plan.len() * std::mem::size_of::<PlanRun>()
+            + self.header.len()
+            + self.l2_present.len() * 8;
+        own as u64 + self.x.weight()
+    }
+}
+
 impl View for Layer {
     fn size(&self) -> u64 {
         self.total_clusters << self.cluster_bits

@@ -90,28 +90,16 @@ impl Tree {
             }
             Node::Active(rel) => {
                 let e = self.entry(rel)?;
-                let s = e.state(StateId::Active)?;
-                let blocks = self.blocks(&e, StateId::Active, &*s);
-                Ok(base(
-                    &e.meta,
-                    Kind::File,
-                    s.size(),
-                    blocks,
-                    mtime_of(&e.meta),
-                ))
+                let size = e.image()?.header().size;
+                let blocks = self.blocks(&e, StateId::Active)?;
+                Ok(base(&e.meta, Kind::File, size, blocks, mtime_of(&e.meta)))
             }
             Node::Snap(rel, key) => {
                 let e = self.entry(rel)?;
                 let i = e.snapshot_index(key)?;
-                let s = e.state(StateId::Snapshot(i))?;
-                let blocks = self.blocks(&e, StateId::Snapshot(i), &*s);
-                Ok(base(
-                    &e.meta,
-                    Kind::File,
-                    s.size(),
-                    blocks,
-                    snapshot_time(key),
-                ))
+                let size = e.image()?.snapshots()[i].disk_size;
+                let blocks = self.blocks(&e, StateId::Snapshot(i))?;
+                Ok(base(&e.meta, Kind::File, size, blocks, snapshot_time(key)))
             }
             Node::VmState(rel, key) => {
                 let e = self.entry(rel)?;
@@ -132,7 +120,7 @@ impl Tree {
             Node::Layer(rel, dir, key) => {
                 let e = self.entry(rel)?;
                 let spec = e.spec(*dir, key)?;
-                let size = e.layer(&spec)?.size();
+                let size = e.layer_size(&spec)?;
                 let mtime = self.distinct_mtime(ino, node, &e, e.layer_time(&spec)?);
                 Ok(base(&e.meta, Kind::File, size, size.div_ceil(512), mtime))
             }
@@ -151,22 +139,23 @@ impl Tree {
     }
 
     /// 512-byte blocks holding data in a state, from its extent map.
-    fn blocks(&self, e: &ImageEntry, which: StateId, v: &dyn View) -> u64 {
+    fn blocks(&self, e: &ImageEntry, which: StateId) -> Result<u64> {
         if let Some(&b) = e.blocks.lock().get(&which) {
-            return b;
+            return Ok(b);
         }
+        let v = e.state(which)?;
         let mut data = 0u64;
-        let counted = scan_extents(v, 0, |x| {
+        let counted = scan_extents(&*v, 0, |x| {
             if x.kind == ExtentKind::Data {
                 data += x.len;
             }
             true
         });
         if counted.is_err() {
-            return v.size().div_ceil(512);
+            return Ok(v.size().div_ceil(512));
         }
         let b = data.div_ceil(512);
         e.blocks.lock().insert(which, b);
-        b
+        Ok(b)
     }
 }

@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use super::Tree;
+use super::memo::Memos;
 use super::freshness::mtime_of;
 use super::node::{LayerKey, SnapKey, StateKey};
 use crate::chain::{self, Direction, LayerSpec};
@@ -19,6 +20,7 @@ use crate::image::{Image, State, StateId};
 use crate::layer::{ClusterMap, Layer};
 use crate::names::snapshot_stems;
 use crate::report::{Info, open_error_text};
+use crate::view::View;
 
 /// What identifies a version of a source file: if any of it changes, the
 /// image is reopened and its caches dropped.
@@ -56,10 +58,13 @@ pub(super) struct ImageEntry {
     pub(super) image: std::result::Result<Arc<Image>, Arc<Error>>,
     pub(super) stems: Vec<String>,
     pub(super) info: OnceLock<(String, String)>,
-    pub(super) states: Mutex<HashMap<StateId, Arc<State>>>,
+    /// The mount's memo caches (shared by every image).
+    pub(super) memos: Arc<Memos>,
+    /// st_blocks per state, once counted (a number per state).
     pub(super) blocks: Mutex<HashMap<StateId, u64>>,
-    pub(super) layers: Mutex<HashMap<LayerSpec, Arc<Layer>>>,
-    pub(super) maps: Mutex<HashMap<StateId, Arc<ClusterMap>>>,
+    /// Layer sizes, once planned (a number per layer), so that a stat never
+    /// waits for a plan that the memo budget let go.
+    pub(super) layer_sizes: Mutex<HashMap<LayerSpec, u64>>,
     pub(super) manifests: Mutex<HashMap<Direction, Arc<Vec<u8>>>>,
     pub(super) backing_files: OnceLock<Vec<PathBuf>>,
     pub(super) logged: AtomicBool,
@@ -93,12 +98,10 @@ impl ImageEntry {
     }
 
     pub(super) fn state(&self, which: StateId) -> Result<Arc<State>> {
-        if let Some(s) = self.states.lock().get(&which) {
-            return Ok(Arc::clone(s));
-        }
-        let s = Arc::new(self.image()?.state(which)?);
-        self.states.lock().insert(which, Arc::clone(&s));
-        Ok(s)
+        let img = self.image()?;
+        self.memos
+            .states
+            .get_or_load((img.id(), which), || img.state(which))
     }
 
     pub(super) fn info(&self, path: &Path) -> &(String, String) {
@@ -145,20 +148,26 @@ impl ImageEntry {
     }
 
     pub(super) fn layer(&self, spec: &LayerSpec) -> Result<Arc<Layer>> {
-        if let Some(l) = self.layers.lock().get(spec) {
-            return Ok(Arc::clone(l));
-        }
+        let img = self.image()?;
         let map = |w: StateId| -> Result<Arc<ClusterMap>> {
-            if let Some(m) = self.maps.lock().get(&w) {
-                return Ok(Arc::clone(m));
-            }
-            let m = Arc::new(ClusterMap::of(&*self.state(w)?)?);
-            self.maps.lock().insert(w, Arc::clone(&m));
-            Ok(m)
+            self.memos
+                .maps
+                .get_or_load((img.id(), w), || ClusterMap::of(&*self.state(w)?))
         };
-        let l = Arc::new(chain::build_with(self.image()?, spec, &map)?);
-        self.layers.lock().insert(spec.clone(), Arc::clone(&l));
-        Ok(l)
+        let layer = self
+            .memos
+            .layers
+            .get_or_load((img.id(), spec.clone()), || chain::build_with(img, spec, &map))?;
+        self.layer_sizes.lock().insert(spec.clone(), layer.size());
+        Ok(layer)
+    }
+
+    /// A layer's size, planning it only if it was never planned.
+    pub(super) fn layer_size(&self, spec: &LayerSpec) -> Result<u64> {
+        if let Some(&n) = self.layer_sizes.lock().get(spec) {
+            return Ok(n);
+        }
+        Ok(self.layer(spec)?.size())
     }
 
     pub(super) fn manifest(&self, dir: Direction) -> Result<Arc<Vec<u8>>> {
@@ -223,10 +232,9 @@ impl Tree {
             image,
             stems,
             info: OnceLock::new(),
-            states: Mutex::new(HashMap::new()),
+            memos: Arc::clone(&self.memos),
             blocks: Mutex::new(HashMap::new()),
-            layers: Mutex::new(HashMap::new()),
-            maps: Mutex::new(HashMap::new()),
+            layer_sizes: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
             backing_files: OnceLock::new(),
             logged: AtomicBool::new(false),
@@ -240,6 +248,7 @@ impl Tree {
             .insert(rel.to_path_buf(), Arc::clone(&entry));
         if let Some(Ok(img)) = old.as_ref().map(|o| &o.image) {
             self.opts.caches.forget_image(img.id());
+            self.memos.forget_image(img.id());
         }
         Ok(entry)
     }

@@ -79,7 +79,7 @@ impl Tree {
     /// Open file `ino`; returns the handle and whether the kernel may keep
     /// the pages it cached of this file at earlier opens.
     pub fn open(&self, ino: u64) -> Result<(u64, bool)> {
-        let node = self.node(ino)?;
+        let node = self.inodes.node(ino)?;
         let (view, entry) = self.view(&node).inspect_err(|e| match image_of(&node) {
             Some(rel) => match self.images.lock().get(rel) {
                 Some(entry) => entry.log_once(&self.root.join(rel), e),

@@ -135,7 +135,7 @@ impl Tree {
 
     /// Look `name` up in folder `parent`.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
-        let p = self.node(parent)?;
+        let p = self.inodes.node(parent)?;
         let node = match &p {
             // Mirrored folders: look at the one entry rather than listing.
             Node::Dir(rel) => {
@@ -158,19 +158,19 @@ impl Tree {
                     name: name.to_string_lossy().into(),
                 })?,
         };
-        let ino = self.ino(node.clone());
+        let ino = self.inodes.remember(node.clone());
         self.attr(ino, &node)
     }
 
     /// The entries of folder `ino`: (inode, kind, name), without . and ..
     pub fn readdir(&self, ino: u64) -> Result<Vec<(u64, Kind, OsString)>> {
-        let node = self.node(ino)?;
+        let node = self.inodes.node(ino)?;
         Ok(self
             .children(&node)?
             .into_iter()
             .map(|(name, n)| {
                 let kind = if is_dir(&n) { Kind::Dir } else { Kind::File };
-                (self.ino(n), kind, name)
+                (self.inodes.number(&n), kind, name)
             })
             .collect())
     }

@@ -8,6 +8,7 @@ mod freshness;
 mod handles;
 mod inodes;
 mod listing;
+mod memo;
 mod node;
 mod seek;
 
@@ -24,6 +25,7 @@ use crate::image::OpenOptions;
 pub use attr::{Attr, Kind};
 use entry::{ImageEntry, Stamp};
 use handles::Handle;
+use inodes::Inodes;
 pub use inodes::ROOT_INO;
 use node::Node;
 
@@ -43,7 +45,9 @@ pub struct TreeOptions {
 pub struct Tree {
     root: PathBuf,
     opts: OpenOptions,
-    inodes: Mutex<(HashMap<Node, u64>, Vec<Node>)>,
+    inodes: Inodes,
+    /// Memo caches: states, cluster maps, layer plans.
+    memos: Arc<memo::Memos>,
     images: Mutex<HashMap<PathBuf, Arc<ImageEntry>>>,
     handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
     /// Per file inode, the stamps of its sources at its last open: the
@@ -71,10 +75,8 @@ impl Tree {
         Ok(Tree {
             root,
             opts,
-            inodes: Mutex::new((
-                HashMap::from([(root_node.clone(), ROOT_INO)]),
-                vec![root_node],
-            )),
+            inodes: Inodes::new(root_node),
+            memos: Arc::new(memo::Memos::new(crate::cache::memo_budget(t.cache_bytes))),
             images: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             cached: Mutex::new(HashMap::new()),
@@ -84,9 +86,17 @@ impl Tree {
         })
     }
 
+    /// The kernel dropped `n` references to inode `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if self.inodes.forget(ino, n) {
+            // Its pages went with it.
+            self.cached.lock().remove(&ino);
+        }
+    }
+
     /// The attributes of inode `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
-        let node = self.node(ino)?;
+        let node = self.inodes.node(ino)?;
         self.attr(ino, &node)
     }
 
@@ -95,7 +105,7 @@ impl Tree {
         match nix::sys::statvfs::statvfs(&self.root) {
             Ok(s) => (
                 s.blocks() * s.fragment_size() / 512,
-                self.inodes.lock().1.len() as u64,
+                self.inodes.len() as u64,
             ),
             Err(e) => {
                 log::debug!("statvfs {}: {e}", self.root.display());
