@@ -137,7 +137,6 @@ pub fn memo_budget(bytes: u64) -> u64 {
 }
 
 impl Caches {
-
     /// Drop everything cached for the opened image `image_id`.
     pub fn forget_image(&self, image_id: u64) {
         self.l2.retain(|k| k.0 != image_id);

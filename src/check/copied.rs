@@ -23,7 +23,7 @@ pub(super) fn check_oflag_copied(image: &Image, refcounts: &Refcounts, report: &
         // The walk has already reported an unreadable active L1 table.
         return;
     };
-    for (i, &l1_entry) in active_l1.iter().enumerate() {
+    for (i, l1_entry) in active_l1.used() {
         let l2_offset = l1_entry & L1E_OFFSET_MASK;
         // A table met twice was reported by the reference walk.
         if l2_offset == 0 || !walked.insert(l2_offset) {

@@ -9,6 +9,7 @@ use crate::qcow2::cluster::{
     QCOW_OFLAG_COMPRESSED, QCOW_OFLAG_COPIED,
 };
 use crate::qcow2::header::INCOMPAT_DATA_FILE;
+use crate::qcow2::l1::L1Table;
 
 pub(super) struct Walk<'a> {
     pub(super) image: &'a Image,
@@ -88,12 +89,8 @@ impl Walk<'_> {
         if l1_size == 0 {
             return data;
         }
-        let l1 = match self
-            .image
-            .file()
-            .read_vec(l1_offset, l1_size * 8, "L1 table")
-        {
-            Ok(b) => be64_table(&b),
+        let l1 = match L1Table::read(self.image.file(), l1_offset, l1_size, "L1 table") {
+            Ok(t) => t,
             Err(e) => {
                 self.report.check_errors += 1;
                 self.report
@@ -102,8 +99,10 @@ impl Walk<'_> {
             }
         };
         fig.l1_size = l1_size;
+        // Entries that are zero are unused; only the others are visited.
+        fig.l1_unused += l1_size - l1.used().count() as u64;
         let mut walked: std::collections::HashSet<u64> = std::collections::HashSet::new();
-        for (i, &entry) in l1.iter().enumerate() {
+        for (i, entry) in l1.used() {
             if entry & L1E_RESERVED_MASK != 0 {
                 self.report.corruptions += 1;
                 fig.l1_invalid += 1;
@@ -143,7 +142,7 @@ impl Walk<'_> {
                 }
                 continue;
             }
-            self.l2(fig, l2_offset, i, active, &mut data);
+            self.l2(fig, l2_offset, i as usize, active, &mut data);
         }
         data.sort_unstable();
         data.dedup();

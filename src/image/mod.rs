@@ -23,6 +23,7 @@ use crate::qcow2::be::be64_table;
 use crate::qcow2::cluster::{self, CompressedGeometry, L2Entry};
 use crate::qcow2::compress::decompress;
 use crate::qcow2::header::{Header, INCOMPAT_DATA_FILE, QCOW2_MAGIC};
+use crate::qcow2::l1::L1Table;
 use crate::qcow2::offsets::HostOffset;
 use crate::qcow2::snapshot::{Snapshot, read_snapshots};
 use crate::source::SourceFile;
@@ -182,14 +183,10 @@ impl Image {
     /// Read the active L1 table (validated when the header was read). It
     /// is read when a state needs it, not kept with the image, so that an
     /// open image costs memory for its header and snapshot table only.
-    pub fn active_l1(&self) -> Result<Vec<u64>> {
+    pub fn active_l1(&self) -> Result<L1Table> {
         let h = &self.header;
-        let bytes = self.file.read_vec(
-            h.l1_table_offset,
-            u64::from(h.l1_size) * 8,
-            &format!("active L1 table at {:#x}", h.l1_table_offset),
-        )?;
-        Ok(be64_table(&bytes))
+        let what = format!("active L1 table at {:#x}", h.l1_table_offset);
+        L1Table::read(&self.file, h.l1_table_offset, u64::from(h.l1_size), &what)
     }
 
     /// Geometry of compressed descriptors.
@@ -198,14 +195,10 @@ impl Image {
     }
 
     /// Read the L1 table of snapshot `index` (validated when the table was read).
-    pub fn snapshot_l1(&self, index: usize) -> Result<Vec<u64>> {
+    pub fn snapshot_l1(&self, index: usize) -> Result<L1Table> {
         let sn = self.snapshot(index)?;
-        let bytes = self.file.read_vec(
-            sn.l1_table_offset,
-            u64::from(sn.l1_size) * 8,
-            &format!("L1 table of snapshot id {}", sn.id),
-        )?;
-        Ok(be64_table(&bytes))
+        let what = format!("L1 table of snapshot id {}", sn.id);
+        L1Table::read(&self.file, sn.l1_table_offset, u64::from(sn.l1_size), &what)
     }
 
     fn snapshot(&self, index: usize) -> Result<&Snapshot> {
@@ -296,10 +289,9 @@ impl Image {
 /// being a corruption, it is what a crafted image uses to make a small file
 /// describe an endless disk: with every L2 table met once per state, the
 /// work of walking a state is bounded by the file's size.
-fn check_l1_distinct(l1: &[u64], which: StateId) -> Result<()> {
-    let mut seen: Vec<(u64, usize)> = l1
-        .iter()
-        .enumerate()
+fn check_l1_distinct(l1: &L1Table, which: StateId) -> Result<()> {
+    let mut seen: Vec<(u64, u64)> = l1
+        .used()
         .map(|(i, e)| (e & cluster::L1E_OFFSET_MASK, i))
         .filter(|(o, _)| *o != 0)
         .collect();

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use super::{DATA_READS, Image, StateId};
 use crate::error::{Error, Result};
 use crate::qcow2::cluster::{self, SUBCLUSTERS, SubclusterKind};
+use crate::qcow2::l1::L1Table;
 use crate::qcow2::offsets::{GuestOffset, HostOffset};
 use crate::view::{Extent, ExtentKind, View, clip, push_extent};
 
@@ -43,7 +44,7 @@ pub struct Run {
 pub struct State {
     pub(super) image: Arc<Image>,
     pub(super) which: StateId,
-    pub(super) l1: Arc<Vec<u64>>,
+    pub(super) l1: Arc<L1Table>,
     pub(super) size: u64,
 }
 
@@ -75,23 +76,13 @@ impl State {
             ),
             StateId::Snapshot(i) => format!("L1 table of snapshot #{i}: entry {l1_index}"),
         };
-        let l1_entry = usize::try_from(l1_index)
-            .ok()
-            .and_then(|i| self.l1.get(i))
-            .copied()
-            .unwrap_or(0);
+        let l1_entry = self.l1.get(l1_index);
         let Some(l2_offset) = cluster::decode_l1(l1_entry, cb, &l1_what)? else {
             // Skip every following unused entry too.
-            let next_used = usize::try_from(l1_index)
-                .ok()
-                .and_then(|i| {
-                    let rest = self.l1.get(i + 1..)?;
-                    let k = rest
-                        .iter()
-                        .position(|e| e & cluster::L1E_OFFSET_MASK != 0)?;
-                    Some(i as u64 + 1 + k as u64)
-                })
-                .and_then(|j| j.checked_mul(coverage));
+            let next_used = self
+                .l1
+                .next_used(l1_index)
+                .and_then(|(j, _)| j.checked_mul(coverage));
             let len = match next_used {
                 Some(end) => want.min(end - guest.0),
                 None => want,
@@ -232,7 +223,7 @@ fn continues(first: Mapping, len: u64, next: Mapping) -> bool {
 impl crate::cache::Weigh for State {
     fn weight(&self) -> u64 {
         // The L1 table, plus the fixed part.
-        (self.l1.len() * 8 + std::mem::size_of::<State>()) as u64
+        self.l1.weight() + std::mem::size_of::<State>() as u64
     }
 }
 

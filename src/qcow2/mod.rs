@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod compress;
 pub mod extensions;
 pub mod header;
+pub mod l1;
 pub mod offsets;
 pub mod refcount;
 pub mod snapshot;

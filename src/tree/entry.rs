@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use super::Tree;
-use super::memo::Memos;
 use super::freshness::mtime_of;
+use super::memo::Memos;
 use super::node::{LayerKey, SnapKey, StateKey};
 use crate::chain::{self, Direction, LayerSpec};
 use crate::error::{Error, Result};
@@ -105,7 +105,27 @@ impl ImageEntry {
     }
 
     pub(super) fn info(&self, path: &Path) -> &(String, String) {
-        self.info.get_or_init(|| match self.image().and_then(Info::gather) {
+        self.info.get_or_init(|| {
+            // One report is gathered at a time, on a thread of its own: a
+            // check holds a count per cluster of the file and a list per
+            // state while it runs, and the allocator keeps a thread's peak
+            // for that thread, so gathering on the serving threads would
+            // leave that peak behind on each of them.
+            let _one = self.memos.report_gate.lock();
+            std::thread::scope(|s| {
+                s.spawn(|| self.gather_info(path))
+                    .join()
+                    .unwrap_or_else(|_| {
+                        let msg = "the report could not be gathered";
+                        let json = serde_json::json!({"error": msg});
+                        (format!("{msg}\n"), format!("{json:#}\n"))
+                    })
+            })
+        })
+    }
+
+    fn gather_info(&self, path: &Path) -> (String, String) {
+        match self.image().and_then(Info::gather) {
             Ok(i) => (i.to_text(), format!("{:#}\n", i.to_json())),
             Err(e) => {
                 let text = match &self.image {
@@ -115,7 +135,7 @@ impl ImageEntry {
                 let json = serde_json::json!({"filename": path.display().to_string(), "error": e.to_string()});
                 (text, format!("{json:#}\n"))
             }
-        })
+        }
     }
 
     pub(super) fn state_key(&self, w: StateId) -> Result<StateKey> {
@@ -157,7 +177,9 @@ impl ImageEntry {
         let layer = self
             .memos
             .layers
-            .get_or_load((img.id(), spec.clone()), || chain::build_with(img, spec, &map))?;
+            .get_or_load((img.id(), spec.clone()), || {
+                chain::build_with(img, spec, &map)
+            })?;
         self.layer_sizes.lock().insert(spec.clone(), layer.size());
         Ok(layer)
     }

@@ -3,6 +3,8 @@
 //! budget, evicted least recently used first. An evicted entry is rebuilt
 //! from metadata when next needed; an open file keeps its own view alive.
 
+use parking_lot::Mutex;
+
 use crate::cache::ByteLru;
 use crate::chain::LayerSpec;
 use crate::image::{State, StateId};
@@ -16,6 +18,8 @@ pub(super) struct Memos {
     pub(super) states: ByteLru<MemoKey<StateId>, State>,
     pub(super) maps: ByteLru<MemoKey<StateId>, ClusterMap>,
     pub(super) layers: ByteLru<MemoKey<LayerSpec>, Layer>,
+    /// Held while an `info` report is gathered.
+    pub(super) report_gate: Mutex<()>,
 }
 
 impl Memos {
@@ -25,6 +29,7 @@ impl Memos {
             states: ByteLru::new(budget / 3),
             maps: ByteLru::new(budget / 3),
             layers: ByteLru::new(budget / 3),
+            report_gate: Mutex::new(()),
         }
     }
 

@@ -1,0 +1,55 @@
+//! One memory budget: what the mount keeps of each image counts against
+//! --cache-size, so browsing a folder of large images with many snapshots
+//! does not grow the mount.
+
+mod common;
+use common::*;
+
+/// Peak resident memory of a process, from /proc.
+fn peak_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+#[test]
+fn twenty_images_of_sixty_snapshots_stay_within_the_budget() {
+    // 1 TiB with 4 KiB clusters: a 4 MiB L1 table per state; 2 MiB written
+    // before each of 60 snapshots. Twenty names for it (hard links): each
+    // is a separate image to the mount, opened, checked and planned on its
+    // own, at no cost in disk space.
+    let (d, src) = scratch_images();
+    let first = src.join("vm00.qcow2");
+    create(&first, "1T", "cluster_size=4k");
+    for i in 0..60u64 {
+        let w = format!("write -P {} {}G 2M", i + 1, i * 3);
+        qemu_io(&first, "qcow2", &[&w]);
+        snapshot(&first, &format!("s{i}"));
+    }
+    for i in 1..20 {
+        std::fs::hard_link(&first, src.join(format!("vm{i:02}.qcow2"))).unwrap();
+    }
+    let mut m = Mount::new(&src, &d.path().join("mnt"), &["--cache-size", "16M"]);
+    run("ls", &["-lR", m.mp.to_str().unwrap()]);
+    let mut views = 0;
+    for i in 0..20 {
+        let snaps = m.path(&format!("vm{i:02}.qcow2/snapshots"));
+        for e in std::fs::read_dir(snaps).unwrap() {
+            use std::io::Read;
+            let mut f = std::fs::File::open(e.unwrap().path()).unwrap();
+            let mut buf = [0u8; 4096];
+            f.read_exact(&mut buf).unwrap();
+            views += 1;
+        }
+    }
+    assert_eq!(views, 20 * 60);
+    let peak = peak_rss(m.child.as_ref().unwrap().id());
+    eprintln!("peak RSS {} MiB", peak >> 20);
+    assert!(peak <= (64 + 16) << 20, "peak RSS {} MiB", peak >> 20);
+    m.stop();
+}
