@@ -96,6 +96,12 @@ pub enum Error {
         /// Why it could not be opened.
         cause: std::sync::Arc<Error>,
     },
+    /// A file whose bytes depend on an image that changed since the file
+    /// was opened: reading on would mix two versions.
+    Changed {
+        /// The image file.
+        path: PathBuf,
+    },
     /// The mount could not start or serve.
     Mount {
         /// What failed, with the file or value involved.
@@ -143,6 +149,7 @@ impl Error {
             Error::IsADirectory => libc::EISDIR,
             Error::Unreadable { .. } => libc::EIO,
             Error::Mount { .. } => libc::EIO,
+            Error::Changed { .. } => libc::ESTALE,
             Error::InUse { .. } => libc::EBUSY,
         }
     }
@@ -181,6 +188,11 @@ impl fmt::Display for Error {
                 write!(f, "{}: cannot be opened: {cause}", path.display())
             }
             Error::Mount { detail } => write!(f, "{detail}"),
+            Error::Changed { path } => write!(
+                f,
+                "{}: the image changed while the file was open; open it again",
+                path.display()
+            ),
             Error::InUse { path } => write!(
                 f,
                 "{}: image is in use by another program (use --force-share to read it anyway)",

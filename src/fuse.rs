@@ -14,9 +14,15 @@ use fuser::{
 use crate::error::Error;
 use crate::tree::{Attr, Kind, Tree};
 
-/// How long the kernel may trust attributes and names. Short, so that new,
-/// changed and deleted images and snapshots show within a second.
-pub const ATTR_TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may trust the name and attributes of a file that
+/// never changes while it exists (a snapshot view, a layer built only from
+/// snapshots). Everything else is answered with no time to live, so that a
+/// stat, listing or open after a change sees it at once.
+pub const FIXED_TTL: Duration = Duration::from_secs(1);
+
+fn ttl(a: &Attr) -> Duration {
+    if a.fixed { FIXED_TTL } else { Duration::ZERO }
+}
 /// Largest read request asked of the kernel (1 MiB).
 pub const MAX_READ: u32 = 1 << 20;
 
@@ -72,7 +78,7 @@ impl Filesystem for Fs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.tree.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&ATTR_TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -83,7 +89,7 @@ impl Filesystem for Fs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.tree.getattr(ino.0) {
-            Ok(a) => reply.attr(&ATTR_TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&ttl(&a), &file_attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use super::Tree;
 use super::entry::ImageEntry;
 use super::freshness::{mtime_of, snapshot_time};
-use super::node::Node;
+use super::node::{Node, immutable};
 use crate::error::{Error, Result};
 use crate::image::StateId;
 use crate::view::{ExtentKind, View, scan_extents};
@@ -33,6 +33,10 @@ pub struct Attr {
     pub blocks: u64,
     /// Modification time.
     pub mtime: SystemTime,
+    /// False for files whose attributes and bytes never change while they
+    /// exist (snapshot views, layers built only from snapshots): those may
+    /// be trusted for a while; everything else must be asked for afresh.
+    pub fixed: bool,
     /// Permission bits (never a write bit).
     pub perm: u16,
     /// Owner.
@@ -58,6 +62,7 @@ impl Tree {
                     size,
                     blocks,
                     mtime,
+                    fixed: kind == Kind::File && immutable(node),
                     perm,
                     uid: meta.uid(),
                     gid: meta.gid(),

@@ -160,11 +160,18 @@ impl Tree {
             buf.truncate(n);
             // Validate after the read, with one stat: if the image changed
             // since the view was resolved, the bytes may be stale or mix two
-            // versions, so read again from the current opening (which fails
-            // if the snapshot is gone).
+            // versions. A file that never changes while it exists is read
+            // again from the current opening (which fails if the snapshot is
+            // gone); any other file fails, so that a copy racing a change
+            // ends in an error rather than a mix of two states.
             if let (Some(e), Some(rel)) = (&entry, image_of(&node))
                 && !self.unchanged(e, rel)
             {
+                if !immutable(&node) {
+                    return Err(Error::Changed {
+                        path: self.root.join(rel),
+                    });
+                }
                 let (view, _) = self.current_view(&h)?;
                 let mut buf = vec![0u8; size as usize];
                 let n = view.read_at(&mut buf, offset)?;
