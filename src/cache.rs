@@ -65,15 +65,15 @@ impl<K: Hash + Eq + Clone, V: Weigh> ByteLru<K, V> {
         }
         let value = Arc::new(load()?);
         let weight = value.weight();
-        if weight > self.budget {
-            return Ok(value);
-        }
+        // A value larger than the whole budget is still kept, alone, so that
+        // a table bigger than the budget is not read again for every
+        // request: the bound is the budget or the largest single value.
         let mut inner = self.inner.lock();
         if let Some(old) = inner.lru.put(key, Arc::clone(&value)) {
             inner.bytes -= old.weight();
         }
         inner.bytes += weight;
-        while inner.bytes > self.budget {
+        while inner.bytes > self.budget && inner.lru.len() > 1 {
             match inner.lru.pop_lru() {
                 Some((_, old)) => inner.bytes -= old.weight(),
                 None => break,
@@ -167,9 +167,12 @@ mod tests {
     }
 
     #[test]
-    fn oversized_values_are_not_kept() {
+    fn an_oversized_value_is_kept_alone() {
         let c: ByteLru<u64, Vec<u8>> = ByteLru::new(100);
-        c.get_or_load(1, || Ok(vec![0u8; 300])).unwrap();
-        assert_eq!(c.bytes(), 0);
+        c.get_or_load(1, || Ok(vec![0u8; 30])).unwrap();
+        c.get_or_load(2, || Ok(vec![0u8; 300])).unwrap();
+        assert_eq!(c.bytes(), 300);
+        c.get_or_load(3, || Ok(vec![0u8; 30])).unwrap();
+        assert_eq!(c.bytes(), 30);
     }
 }

@@ -25,6 +25,7 @@ use crate::layer::{BackingRef, ClusterMap, Layer};
 use crate::names::snapshot_stems;
 use crate::qcow2::header::Header;
 use crate::source::SourceFile;
+use crate::sums::{self, SUMS_NAME};
 use crate::view::View;
 
 /// Which chain.
@@ -310,7 +311,8 @@ pub fn export(
     force: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
-    use std::io::Write;
+    use sha2::{Digest, Sha256};
+    use std::io::{Seek, SeekFrom, Write};
     let specs = layers(image, dir);
     let built: Vec<Layer> = specs
         .iter()
@@ -325,6 +327,7 @@ pub fn export(
     let mut names: Vec<String> = specs.iter().map(|s| s.file_name.clone()).collect();
     names.extend(pass.iter().map(|p| p.file_name.clone()));
     names.push("chain.json".into());
+    names.push(SUMS_NAME.into());
     std::fs::create_dir_all(out).map_err(|e| Error::io("create folder", out, e))?;
     if !force {
         for n in &names {
@@ -350,21 +353,39 @@ pub fn export(
     let total: u64 = views.iter().map(|v| v.1.size()).sum();
     let mut done = 0u64;
     let mut buf = vec![0u8; 1 << 20];
+    let mut digests = Vec::new();
     for (name, v) in &views {
         let path = out.join(name);
         let mut f = std::fs::File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+        let mut sha = Sha256::new();
         let mut pos = 0;
         while pos < v.size() {
             let n = v.read_at(&mut buf, pos)?;
-            f.write_all(&buf[..n])
-                .map_err(|e| Error::io("write", &path, e))?;
+            sha.update(&buf[..n]);
+            // Holes stay holes: a chunk of zeros is skipped, not written.
+            if buf[..n].iter().all(|&b| b == 0) {
+                f.seek(SeekFrom::Current(n as i64))
+                    .map_err(|e| Error::io("seek", &path, e))?;
+            } else {
+                f.write_all(&buf[..n])
+                    .map_err(|e| Error::io("write", &path, e))?;
+            }
             pos += n as u64;
             done += n as u64;
             progress(done, total);
         }
+        f.set_len(v.size())
+            .map_err(|e| Error::io("set length", &path, e))?;
+        digests.push((name.clone(), sha.finalize().into()));
     }
-    let m = manifest(image, &specs, &figures);
+    let m = format!("{:#}\n", manifest(image, &specs, &figures));
     let path = out.join("chain.json");
-    std::fs::write(&path, format!("{m:#}\n")).map_err(|e| Error::io("write", &path, e))?;
+    std::fs::write(&path, &m).map_err(|e| Error::io("write", &path, e))?;
+    digests.push((
+        "chain.json".to_string(),
+        Sha256::digest(m.as_bytes()).into(),
+    ));
+    let path = out.join(SUMS_NAME);
+    std::fs::write(&path, sums::text(&digests)).map_err(|e| Error::io("write", &path, e))?;
     Ok(())
 }

@@ -102,6 +102,9 @@ pub enum Error {
         /// The image file.
         path: PathBuf,
     },
+    /// A failure met before on the same, unchanged image, given again
+    /// rather than redoing the work that failed.
+    Again(std::sync::Arc<Error>),
     /// The mount could not start or serve.
     Mount {
         /// What failed, with the file or value involved.
@@ -150,6 +153,7 @@ impl Error {
             Error::Unreadable { .. } => libc::EIO,
             Error::Mount { .. } => libc::EIO,
             Error::Changed { .. } => libc::ESTALE,
+            Error::Again(e) => e.errno(),
             Error::InUse { .. } => libc::EBUSY,
         }
     }
@@ -188,6 +192,7 @@ impl fmt::Display for Error {
                 write!(f, "{}: cannot be opened: {cause}", path.display())
             }
             Error::Mount { detail } => write!(f, "{detail}"),
+            Error::Again(e) => write!(f, "{e}"),
             Error::Changed { path } => write!(
                 f,
                 "{}: the image changed while the file was open; open it again",
@@ -207,6 +212,7 @@ impl std::error::Error for Error {
         match self {
             Error::Io { source, .. } => Some(source),
             Error::Unreadable { cause, .. } => Some(cause.as_ref()),
+            Error::Again(e) => Some(e.as_ref()),
             _ => None,
         }
     }

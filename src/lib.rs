@@ -18,6 +18,7 @@ pub mod names;
 pub mod qcow2;
 pub mod report;
 pub mod source;
+pub mod sums;
 pub mod tree;
 pub mod view;
 

@@ -9,8 +9,8 @@ use crate::source::SourceFile;
 /// Bytes of an L1 table read at a time.
 const READ_CHUNK: u64 = 64 << 10;
 
-/// How the entries are held: a table that is mostly used is kept whole
-/// (8 bytes an entry), one that is mostly zeros as its used entries (16
+/// How the entries are held: a table of which more than a sixteenth is used
+/// is kept whole (8 bytes an entry), any other as its used entries (16
 /// bytes each), so a table never costs more than its size on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Entries {
@@ -51,8 +51,9 @@ impl L1Table {
             Entries::Dense(v) => v.extend_from_slice(chunk),
             Entries::Sparse(v) => {
                 v.extend((at..).zip(chunk.iter().copied()).filter(|&(_, e)| e != 0));
-                // Past a quarter of the table used, whole is smaller.
-                if v.len() as u64 > self.len / 4 {
+                // Past a sixteenth of the table used, whole is kept: the
+                // sparse form never costs more than an eighth of it.
+                if v.len() as u64 > self.len / 16 {
                     let end = at + chunk.len() as u64;
                     let mut dense = Vec::with_capacity(self.len as usize);
                     dense.resize(end as usize, 0);

@@ -126,7 +126,7 @@ impl Tree {
                 let e = self.entry(rel)?;
                 let spec = e.spec(*dir, key)?;
                 let size = e.layer_size(&spec)?;
-                let mtime = self.distinct_mtime(ino, node, &e, e.layer_time(&spec)?);
+                let mtime = self.distinct_mtime(node, &e, e.layer_time(&spec)?);
                 Ok(base(&e.meta, Kind::File, size, size.div_ceil(512), mtime))
             }
             Node::Pass(rel, _, _, path) => {
@@ -134,10 +134,16 @@ impl Tree {
                 let m = std::fs::metadata(path).map_err(|err| Error::io("stat", path, err))?;
                 Ok(base(&e.meta, Kind::File, m.len(), m.blocks(), mtime_of(&m)))
             }
+            Node::Sums(rel, dir) => {
+                let e = self.entry(rel)?;
+                let (size, t) = self.sums_attr(rel, *dir)?;
+                let mtime = self.distinct_mtime(node, &e, t);
+                Ok(base(&e.meta, Kind::File, size, size.div_ceil(512), mtime))
+            }
             Node::Manifest(rel, dir) => {
                 let e = self.entry(rel)?;
                 let len = e.manifest(*dir)?.len() as u64;
-                let mtime = self.distinct_mtime(ino, node, &e, mtime_of(&e.meta));
+                let mtime = self.distinct_mtime(node, &e, mtime_of(&e.meta));
                 Ok(base(&e.meta, Kind::File, len, len.div_ceil(512), mtime))
             }
         }

@@ -62,6 +62,8 @@ pub(super) struct ImageEntry {
     pub(super) memos: Arc<Memos>,
     /// st_blocks per state, once counted (a number per state).
     pub(super) blocks: Mutex<HashMap<StateId, u64>>,
+    /// States that could not be opened, and why (one entry per state).
+    pub(super) failed_states: Mutex<HashMap<StateId, Arc<Error>>>,
     /// Layer sizes, once planned (a number per layer), so that a stat never
     /// waits for a plan that the memo budget let go.
     pub(super) layer_sizes: Mutex<HashMap<LayerSpec, u64>>,
@@ -99,9 +101,19 @@ impl ImageEntry {
 
     pub(super) fn state(&self, which: StateId) -> Result<Arc<State>> {
         let img = self.image()?;
+        if let Some(e) = self.failed_states.lock().get(&which) {
+            return Err(Error::Again(Arc::clone(e)));
+        }
         self.memos
             .states
             .get_or_load((img.id(), which), || img.state(which))
+            .map_err(|e| {
+                // A state that cannot be opened stays so while the image is
+                // unchanged: remember why, rather than read its L1 table again.
+                let e = Arc::new(e);
+                self.failed_states.lock().insert(which, Arc::clone(&e));
+                Error::Again(e)
+            })
     }
 
     pub(super) fn info(&self, path: &Path) -> &(String, String) {
@@ -256,6 +268,7 @@ impl Tree {
             info: OnceLock::new(),
             memos: Arc::clone(&self.memos),
             blocks: Mutex::new(HashMap::new()),
+            failed_states: Mutex::new(HashMap::new()),
             layer_sizes: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
             backing_files: OnceLock::new(),

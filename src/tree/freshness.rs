@@ -6,37 +6,42 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::Tree;
 use super::entry::{ImageEntry, Stamp};
-use super::node::{Node, SnapKey, immutable};
+use super::node::{Node, SnapKey, immutable, shown_path};
 
 impl Tree {
-    /// The mtime to show for a layer or manifest whose bytes may change:
-    /// `t`, unless its sources changed since the mtime last shown and `t`
-    /// falls in the same whole second (or earlier); then the next whole
-    /// second after the one last shown. rsync's quick check compares whole
-    /// seconds, so a change never keeps both size and shown mtime.
-    pub(super) fn distinct_mtime(
-        &self,
-        ino: u64,
-        node: &Node,
-        e: &ImageEntry,
-        t: SystemTime,
-    ) -> SystemTime {
-        if immutable(node) {
+    /// The mtime to show for a file of a chain folder: `t`, unless what the
+    /// file at that path holds may have changed since its mtime was last
+    /// shown (another layer under the same name, or, for a file that can
+    /// change, its sources changed) and `t` falls in the same whole second
+    /// or earlier; then the next whole second after the one last shown.
+    /// rsync's quick check compares whole seconds by path, so a change
+    /// never keeps both size and shown mtime.
+    pub(super) fn distinct_mtime(&self, node: &Node, e: &ImageEntry, t: SystemTime) -> SystemTime {
+        let Some(path) = shown_path(node) else {
             return t;
-        }
-        let Some(stamps) = self.source_stamps(node, Some(e)) else {
-            return t;
+        };
+        let stamps = if immutable(node) {
+            None
+        } else {
+            match self.source_stamps(node, Some(e)) {
+                Some(s) => Some(s),
+                None => return t,
+            }
+        };
+        let now = Shown {
+            node: node.clone(),
+            stamps,
         };
         let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut shown = self.shown.lock();
-        let t = match shown.get(&ino) {
-            Some((s, last)) if *s == stamps => return *last,
+        let t = match shown.get(&path) {
+            Some((s, last)) if *s == now => return *last,
             Some((_, last)) if secs(t) <= secs(*last) => {
                 UNIX_EPOCH + Duration::from_secs(secs(*last) + 1)
             }
             _ => t,
         };
-        shown.insert(ino, (stamps, t));
+        shown.insert(path, (now, t));
         t
     }
 
@@ -96,4 +101,12 @@ pub(super) fn mtime_of(m: &std::fs::Metadata) -> SystemTime {
 
 pub(super) fn snapshot_time(k: &SnapKey) -> SystemTime {
     crate::qcow2::snapshot::date(k.date_sec, k.date_nsec)
+}
+
+/// What the file at a path was when its mtime was last shown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Shown {
+    node: Node,
+    /// Its sources' stamps, for a file that can change while it exists.
+    stamps: Option<Vec<Stamp>>,
 }

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use super::Tree;
 use super::entry::ImageEntry;
 use super::node::{Node, StateKey, image_of, immutable};
+use super::sums::Hashing;
 use crate::error::{Error, Result};
 use crate::image::{StateId, VmState};
 use crate::view::{RawView, View};
@@ -22,6 +23,8 @@ pub(super) struct Handle {
     pub(super) node: Node,
     pub(super) view: Arc<dyn View>,
     pub(super) entry: Option<Arc<ImageEntry>>,
+    /// The hash of what is read, for a file that `SHA256SUMS` lists.
+    pub(super) hashing: Option<Hashing>,
 }
 
 impl Tree {
@@ -70,6 +73,11 @@ impl Tree {
                 let m = e.manifest(*dir)?;
                 Ok((Arc::new(Bytes(m.as_ref().clone())), Some(e)))
             }
+            Node::Sums(rel, dir) => {
+                let e = self.entry(rel)?;
+                let bytes = self.sums_bytes(&e, rel, *dir)?;
+                Ok((Arc::new(Bytes(bytes)), Some(e)))
+            }
             Node::Dir(_) | Node::Image(_) | Node::SnapDir(_) | Node::ChainDir(..) => {
                 Err(Error::IsADirectory)
             }
@@ -92,9 +100,14 @@ impl Tree {
         // its bytes come from is the version it was last opened at.
         let keep = immutable(&node) || self.unchanged_since_last_open(ino, &node, entry.as_deref());
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .lock()
-            .insert(fh, Arc::new(Mutex::new(Handle { node, view, entry })));
+        let hashing = self.start_hashing(&node, entry.as_deref());
+        let handle = Handle {
+            node,
+            view,
+            entry,
+            hashing,
+        };
+        self.handles.lock().insert(fh, Arc::new(Mutex::new(handle)));
         Ok((fh, keep))
     }
 
@@ -180,6 +193,9 @@ impl Tree {
             }
             Ok(buf)
         })();
+        if let Ok(buf) = &result {
+            self.hash_read(&h, offset, buf);
+        }
         if let Err(e) = &result {
             if let (Some(rel), Some(entry)) = (image_of(&node), h.lock().entry.clone()) {
                 entry.log_once(&self.root.join(rel), e);

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use super::Tree;
 use super::attr::{Attr, Kind};
 use super::node::{Node, SnapKey, is_dir};
-use crate::chain::{self, Direction};
+use crate::chain::Direction;
 use crate::error::{Error, Result};
 use crate::image::{inside, is_qcow2};
+use crate::sums::SUMS_NAME;
 
 impl Tree {
     /// The source path of `rel`, refusing anything that resolves outside
@@ -82,32 +83,8 @@ impl Tree {
                 Ok(out)
             }
             Node::ChainDir(rel, dir) => {
-                let e = self.entry(rel)?;
-                let img = e.image()?;
-                let mut out = Vec::new();
-                for s in chain::layers(img, *dir) {
-                    let key = e.layer_key(&s)?;
-                    out.push((
-                        OsString::from(&s.file_name),
-                        Node::Layer(rel.clone(), *dir, key),
-                    ));
-                }
-                for p in chain::passthrough(img) {
-                    // Only files inside IMAGE_DIR, unless the user allowed more.
-                    if self.opts.backing_root.is_some()
-                        && !inside(&p.path, &self.root).is_ok_and(|(within, _)| within)
-                    {
-                        continue;
-                    }
-                    out.push((
-                        OsString::from(&p.file_name),
-                        Node::Pass(rel.clone(), *dir, p.file_name.clone(), p.path),
-                    ));
-                }
-                out.push((
-                    OsString::from("chain.json"),
-                    Node::Manifest(rel.clone(), *dir),
-                ));
+                let mut out = self.chain_files(rel, *dir)?;
+                out.push((OsString::from(SUMS_NAME), Node::Sums(rel.clone(), *dir)));
                 Ok(out)
             }
             Node::SnapDir(rel) => {

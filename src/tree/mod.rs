@@ -11,6 +11,7 @@ mod listing;
 mod memo;
 mod node;
 mod seek;
+mod sums;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,8 @@ pub struct Tree {
     inodes: Inodes,
     /// Memo caches: states, cluster maps, layer plans.
     memos: Arc<memo::Memos>,
+    /// Digests of chain folder files, for `SHA256SUMS`.
+    digests: Arc<sums::Digests>,
     images: Mutex<HashMap<PathBuf, Arc<ImageEntry>>>,
     handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
     /// Per file inode, the stamps of its sources at its last open: the
@@ -55,7 +58,9 @@ pub struct Tree {
     cached: Mutex<HashMap<u64, Vec<Stamp>>>,
     /// Per inode of a file that can change while it exists, the stamps of
     /// its sources and the mtime last shown for them.
-    shown: Mutex<HashMap<u64, (Vec<Stamp>, SystemTime)>>,
+    /// Per path of a chain folder file, what it was and the mtime last
+    /// shown for it (a few hundred bytes per file of a chain folder).
+    shown: Mutex<HashMap<PathBuf, (freshness::Shown, SystemTime)>>,
     next_fh: AtomicU64,
     force_share: bool,
 }
@@ -76,6 +81,7 @@ impl Tree {
             root,
             opts,
             inodes: Inodes::new(root_node),
+            digests: sums::digests(),
             memos: Arc::new(memo::Memos::new(crate::cache::memo_budget(t.cache_bytes))),
             images: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),

@@ -56,6 +56,8 @@ pub(super) enum Node {
     Pass(PathBuf, Direction, String, PathBuf),
     /// `chain.json`.
     Manifest(PathBuf, Direction),
+    /// `SHA256SUMS` of a chain folder.
+    Sums(PathBuf, Direction),
 }
 
 /// A state, independent of table positions.
@@ -86,7 +88,8 @@ pub(super) fn image_of(node: &Node) -> Option<&Path> {
         | Node::ChainDir(r, _)
         | Node::Layer(r, _, _)
         | Node::Pass(r, _, _, _)
-        | Node::Manifest(r, _) => Some(r),
+        | Node::Manifest(r, _)
+        | Node::Sums(r, _) => Some(r),
         Node::Dir(_) | Node::Plain(_) => None,
     }
 }
@@ -106,4 +109,20 @@ pub(super) fn immutable(node: &Node) -> bool {
         Node::Layer(_, _, k) => k.x != StateKey::Active && k.y != Some(StateKey::Active),
         _ => false,
     }
+}
+
+/// The path in the tree of a file of a chain folder, which rsync compares
+/// by: the key of the mtime rule.
+pub(super) fn shown_path(node: &Node) -> Option<PathBuf> {
+    let folder = |dir: &Direction| match dir {
+        Direction::Reverse => "chain",
+        Direction::Forward => "forward",
+    };
+    let (rel, dir, name) = match node {
+        Node::Layer(rel, dir, key) => (rel, dir, key.file_name.as_str()),
+        Node::Manifest(rel, dir) => (rel, dir, "chain.json"),
+        Node::Sums(rel, dir) => (rel, dir, crate::sums::SUMS_NAME),
+        _ => return None,
+    };
+    Some(rel.join(folder(dir)).join(name))
 }

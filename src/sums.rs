@@ -1,0 +1,170 @@
+//! `SHA256SUMS`: the sha256sum-format list of every other file of a chain
+//! folder, so that a replica can be verified with `sha256sum -c`, without
+//! the source. Its size follows from the file names alone; its bytes from
+//! hashing each file, which is done while the file is read anyway when it
+//! can be (a `cp -r` or `rsync` reads every file in full).
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::Result;
+use crate::view::View;
+
+/// The name of the sums file in every chain folder.
+pub const SUMS_NAME: &str = "SHA256SUMS";
+
+/// Most bytes held for a file whose reads arrive out of order (readahead
+/// runs several at once) before hashing it that way is given up; the file
+/// is then hashed when the sums are read.
+const MAX_PENDING_BYTES: usize = 64 << 20;
+
+/// Bytes read at a time when hashing a file that was not hashed as it was read.
+const HASH_CHUNK: usize = 1 << 20;
+
+/// A SHA-256 digest.
+pub type Sha256Digest = [u8; 32];
+
+/// `name` as sha256sum writes it: a backslash or newline in it is escaped,
+/// and the line then starts with a backslash.
+fn escaped(name: &str) -> (bool, String) {
+    let needs = name.contains(['\\', '\n']);
+    (needs, name.replace('\\', "\\\\").replace('\n', "\\n"))
+}
+
+/// One line of the sums file.
+pub fn line(name: &str, digest: &Sha256Digest) -> String {
+    let (esc, name) = escaped(name);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}{hex}  {name}\n", if esc { "\\" } else { "" })
+}
+
+/// The length of the sums file of these names, without hashing anything.
+pub fn len<'a>(names: impl IntoIterator<Item = &'a str>) -> u64 {
+    names
+        .into_iter()
+        .map(|n| {
+            let (esc, name) = escaped(n);
+            (usize::from(esc) + 64 + 2 + name.len() + 1) as u64
+        })
+        .sum()
+}
+
+/// The whole sums file.
+pub fn text(entries: &[(String, Sha256Digest)]) -> String {
+    entries.iter().map(|(n, d)| line(n, d)).collect()
+}
+
+/// Hash every byte of a view.
+pub fn hash_view(view: &dyn View) -> Result<Sha256Digest> {
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; HASH_CHUNK];
+    let mut pos = 0u64;
+    while pos < view.size() {
+        let n = view.read_at(&mut buf, pos)?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok(sha.finalize().into())
+}
+
+/// Hashes a file from the reads made of it, in whatever order they come.
+pub struct StreamHash {
+    sha: Sha256,
+    /// Bytes hashed so far, from offset 0.
+    upto: u64,
+    /// Reads past `upto`, held until the gap before them is filled.
+    pending: BTreeMap<u64, Vec<u8>>,
+    pending_bytes: usize,
+    given_up: bool,
+}
+
+impl Default for StreamHash {
+    fn default() -> Self {
+        StreamHash {
+            sha: Sha256::new(),
+            upto: 0,
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            given_up: false,
+        }
+    }
+}
+
+impl StreamHash {
+    /// Take the bytes a read returned at `offset`.
+    pub fn feed(&mut self, offset: u64, bytes: &[u8]) {
+        if self.given_up || bytes.is_empty() {
+            return;
+        }
+        let end = offset + bytes.len() as u64;
+        if end <= self.upto {
+            return; // read again: already hashed
+        }
+        if offset > self.upto {
+            self.pending_bytes += bytes.len();
+            if self.pending_bytes > MAX_PENDING_BYTES {
+                self.given_up = true;
+                self.pending.clear();
+                return;
+            }
+            self.pending.insert(offset, bytes.to_vec());
+            return;
+        }
+        self.take(offset, bytes);
+        // Drain what the gap was holding back.
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() > self.upto {
+                break;
+            }
+            let (at, held) = entry.remove_entry();
+            self.pending_bytes -= held.len();
+            self.take(at, &held);
+        }
+    }
+
+    fn take(&mut self, offset: u64, bytes: &[u8]) {
+        let skip = (self.upto - offset) as usize;
+        if let Some(new) = bytes.get(skip..) {
+            self.sha.update(new);
+            self.upto += new.len() as u64;
+        }
+    }
+
+    /// The digest, once every byte of a file of `size` bytes was taken.
+    pub fn digest(&self, size: u64) -> Option<Sha256Digest> {
+        (!self.given_up && self.upto == size).then(|| self.sha.clone().finalize().into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_in_sha256sum_format() {
+        let d = [0xabu8; 32];
+        let l = line("vm_active.qcow2", &d);
+        assert_eq!(l, format!("{}  vm_active.qcow2\n", "ab".repeat(32)));
+        assert_eq!(len(["vm_active.qcow2"]), l.len() as u64);
+        let odd = line("a\\b\nc", &d);
+        assert!(odd.starts_with('\\') && odd.ends_with("  a\\\\b\\nc\n"));
+        assert_eq!(len(["a\\b\nc"]), odd.len() as u64);
+    }
+
+    #[test]
+    fn reads_in_any_order_hash_as_the_file() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let whole: Sha256Digest = Sha256::digest(&data).into();
+        let mut h = StreamHash::default();
+        h.feed(4000, &data[4000..8000]);
+        h.feed(0, &data[..3000]);
+        assert_eq!(h.digest(10_000), None);
+        h.feed(2000, &data[2000..4500]);
+        h.feed(8000, &data[8000..]);
+        assert_eq!(h.digest(10_000), Some(whole));
+    }
+}

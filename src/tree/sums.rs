@@ -1,0 +1,150 @@
+//! The files of a chain folder, and its `SHA256SUMS`: listed from names,
+//! hashed as files are read in full, remembered while their sources are
+//! unchanged.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use super::Tree;
+use super::entry::{ImageEntry, Stamp};
+use super::handles::Handle;
+use super::node::Node;
+use crate::chain::{self, Direction};
+use crate::error::Result;
+use crate::image::inside;
+use crate::sums::{self, Sha256Digest, StreamHash};
+
+/// Digests of chain folder files, each with the stamps of the sources it
+/// was computed from. One entry per file of a chain folder: bounded by the
+/// images and their snapshots, 100 bytes or so each.
+pub(super) type Digests = Mutex<HashMap<Node, (Vec<Stamp>, Sha256Digest)>>;
+
+impl Tree {
+    /// The files of a chain folder other than `SHA256SUMS`, in order:
+    /// layers bottom first, the image's backing files, `chain.json`.
+    pub(super) fn chain_files(&self, rel: &Path, dir: Direction) -> Result<Vec<(OsString, Node)>> {
+        let e = self.entry(rel)?;
+        let img = e.image()?;
+        let mut out = Vec::new();
+        for s in chain::layers(img, dir) {
+            let key = e.layer_key(&s)?;
+            out.push((
+                OsString::from(&s.file_name),
+                Node::Layer(rel.to_path_buf(), dir, key),
+            ));
+        }
+        for p in chain::passthrough(img) {
+            // Only files inside IMAGE_DIR, unless the user allowed more.
+            if self.opts.backing_root.is_some()
+                && !inside(&p.path, &self.root).is_ok_and(|(within, _)| within)
+            {
+                continue;
+            }
+            out.push((
+                OsString::from(&p.file_name),
+                Node::Pass(rel.to_path_buf(), dir, p.file_name.clone(), p.path),
+            ));
+        }
+        out.push((
+            OsString::from("chain.json"),
+            Node::Manifest(rel.to_path_buf(), dir),
+        ));
+        Ok(out)
+    }
+
+    /// Size and mtime of `SHA256SUMS`: the size from the names alone; the
+    /// mtime the latest of the files it lists.
+    pub(super) fn sums_attr(&self, rel: &Path, dir: Direction) -> Result<(u64, SystemTime)> {
+        let files = self.chain_files(rel, dir)?;
+        let size = sums::len(files.iter().map(|(n, _)| n.to_str().unwrap_or("")));
+        let mut mtime = UNIX_EPOCH;
+        for (_, node) in &files {
+            let a = self.attr(self.inodes.number(node), node)?;
+            mtime = mtime.max(a.mtime);
+        }
+        Ok((size, mtime))
+    }
+
+    /// The bytes of `SHA256SUMS`, hashing whatever was not hashed yet.
+    pub(super) fn sums_bytes(&self, e: &ImageEntry, rel: &Path, dir: Direction) -> Result<Vec<u8>> {
+        let mut lines = Vec::new();
+        for (name, node) in self.chain_files(rel, dir)? {
+            let digest = self.digest(e, &node)?;
+            lines.push((name.to_string_lossy().into_owned(), digest));
+        }
+        Ok(sums::text(&lines).into_bytes())
+    }
+
+    /// The digest of one chain folder file, remembered or computed.
+    fn digest(&self, e: &ImageEntry, node: &Node) -> Result<Sha256Digest> {
+        let stamps = self.source_stamps(node, Some(e));
+        if let Some(s) = &stamps
+            && let Some((known, d)) = self.digests.lock().get(node)
+            && known == s
+        {
+            return Ok(*d);
+        }
+        let (view, _) = self.view(node)?;
+        let d = sums::hash_view(&*view)?;
+        if let Some(s) = stamps {
+            self.digests.lock().insert(node.clone(), (s, d));
+        }
+        Ok(d)
+    }
+
+    /// Hashing for a handle of a file that `SHA256SUMS` lists: the stamps
+    /// of its sources as it is opened, and the hash of what is read.
+    pub(super) fn start_hashing(&self, node: &Node, e: Option<&ImageEntry>) -> Option<Hashing> {
+        if !matches!(node, Node::Layer(..) | Node::Pass(..) | Node::Manifest(..)) {
+            return None;
+        }
+        let stamps = self.source_stamps(node, e)?;
+        let known = self
+            .digests
+            .lock()
+            .get(node)
+            .is_some_and(|(s, _)| *s == stamps);
+        (!known).then(|| Hashing {
+            stamps,
+            hash: StreamHash::default(),
+        })
+    }
+
+    /// Take a read's bytes into the handle's hash; once the whole file has
+    /// been read, remember its digest if its sources did not change meanwhile.
+    pub(super) fn hash_read(&self, h: &Arc<Mutex<Handle>>, offset: u64, bytes: &[u8]) {
+        let mut g = h.lock();
+        let size = g.view.size();
+        let done = match g.hashing.as_mut() {
+            Some(hs) => {
+                hs.hash.feed(offset, bytes);
+                hs.hash.digest(size).map(|d| (hs.stamps.clone(), d))
+            }
+            None => return,
+        };
+        let Some((stamps, d)) = done else { return };
+        g.hashing = None;
+        let node = g.node.clone();
+        let entry = g.entry.clone();
+        drop(g);
+        if self.source_stamps(&node, entry.as_deref()).as_ref() == Some(&stamps) {
+            self.digests.lock().insert(node, (stamps, d));
+        }
+    }
+}
+
+/// A handle's hash of what has been read of it.
+pub(super) struct Hashing {
+    stamps: Vec<Stamp>,
+    hash: StreamHash,
+}
+
+/// A new, empty digest memo.
+pub(super) fn digests() -> Arc<Digests> {
+    Arc::new(Mutex::new(HashMap::new()))
+}
