@@ -1,7 +1,8 @@
 #!/bin/sh
 # Copy the reverse chain of every image under a qcow2fs mount to a dated
-# folder, and verify every copy: qemu-img check of each layer, and
-# qemu-img compare of each layer with the raw view of the state it stands for.
+# folder, and verify every copy: sha256sum -c of the folder's SHA256SUMS,
+# qemu-img check of each layer, and qemu-img compare of each layer with the
+# raw view of the state it stands for.
 # usage: backup-chain.sh MOUNT BACKUP_ROOT
 set -eu
 mnt=${1:?usage: backup-chain.sh MOUNT BACKUP_ROOT}
@@ -16,6 +17,7 @@ find "$mnt" -type d -name chain | sort | while read -r chain; do
     out="$dest/$rel"
     mkdir -p "$out"
     cp -r "$chain/." "$out/"
+    (cd "$out" && sha256sum -c --quiet SHA256SUMS) || { echo "sha256sum failed: $out" >&2; touch "$failed"; }
     for layer in "$out"/*.qcow2; do
         name=$(basename "$layer")
         # Which state the layer stands for, from chain.json.
