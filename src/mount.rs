@@ -262,6 +262,12 @@ pub fn mount(args: &MountArgs) -> Result<()> {
         }
         unmount();
     });
+    // The mount exists; requests wait in the kernel's queue until the
+    // session reads them, which it does next. A unit of Type=notify is
+    // ready from here, not before.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        log::debug!("sd_notify: {e}");
+    }
     session.run().map_err(|e| Error::Mount {
         detail: format!("serving the mount: {e}"),
     })

@@ -537,3 +537,33 @@ fn cached_pages_are_kept_only_while_every_source_is_unchanged() {
         img.to_str().unwrap(),
     ]);
 }
+
+#[test]
+fn a_notify_unit_is_told_ready_once_the_mount_serves() {
+    use std::os::unix::net::UnixDatagram;
+    let (d, src) = scratch_images();
+    create(&src.join("vm.qcow2"), "1M", "");
+    let sock = d.path().join("notify");
+    let listener = UnixDatagram::bind(&sock).unwrap();
+    listener
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mp = d.path().join("mnt");
+    std::fs::create_dir_all(&mp).unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args(["mount", src.to_str().unwrap(), mp.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock)
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = listener.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    // Ready means served: the image folder is there at once.
+    assert!(mp.join("vm.qcow2/active.raw").exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+}
