@@ -16,8 +16,9 @@ use crate::tree::{Attr, Kind, Tree};
 
 /// How long the kernel may trust the name and attributes of a file that
 /// never changes while it exists (a snapshot view, a layer built only from
-/// snapshots). Everything else is answered with no time to live, so that a
-/// stat, listing or open after a change sees it at once.
+/// snapshots) and of a folder (whose listing is read afresh at every
+/// readdir). Every other file is answered with no time to live, so that a
+/// stat or open after a change sees it at once.
 pub const FIXED_TTL: Duration = Duration::from_secs(1);
 
 fn ttl(a: &Attr) -> Duration {

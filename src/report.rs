@@ -30,13 +30,22 @@ fn chain_folder(dir: Direction) -> &'static str {
 impl Info {
     /// Gather the report for an opened image (runs the consistency check).
     pub fn gather(image: &Arc<Image>) -> crate::Result<Info> {
+        Info::gather_with(image, &|d| figures(image, d))
+    }
+
+    /// Gather the report, taking each chain's layer figures from `layers`
+    /// (a mount passes the layers it has planned already).
+    pub fn gather_with(
+        image: &Arc<Image>,
+        layers: &dyn Fn(Direction) -> crate::Result<Vec<LayerFigures>>,
+    ) -> crate::Result<Info> {
         Ok(Info {
             image: Arc::clone(image),
             check: check(image)?,
             in_use: crate::lock::in_use(image.path()),
             chains: [Direction::Reverse, Direction::Forward]
                 .into_iter()
-                .map(|d| (d, figures(image, d).map_err(|e| e.to_string())))
+                .map(|d| (d, layers(d).map_err(|e| e.to_string())))
                 .collect(),
         })
     }

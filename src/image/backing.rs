@@ -45,12 +45,11 @@ pub fn resolve_name(dir: &Path, name: &str) -> PathBuf {
     }
 }
 
-/// True when `path` resolves (symlinks followed) to a place inside `root`;
-/// also gives the resolved path.
+/// True when `path` resolves (symlinks followed) to a place inside `root`,
+/// which must itself be resolved already; also gives the resolved path.
 pub fn inside(path: &Path, root: &Path) -> std::io::Result<(bool, PathBuf)> {
     let canon = std::fs::canonicalize(path)?;
-    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    Ok((canon.starts_with(&root), canon))
+    Ok((canon.starts_with(root), canon))
 }
 
 /// Refuse a backing or data file outside the backing root, when one is set.
@@ -58,7 +57,8 @@ pub(super) fn check_inside(path: &Path, opts: &OpenOptions, name: &str) -> Resul
     let Some(root) = &opts.backing_root else {
         return Ok(());
     };
-    match inside(path, root) {
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.clone());
+    match inside(path, &root) {
         Ok((true, _)) => Ok(()),
         Ok((false, canon)) => Err(Error::Backing {
             name: name.to_string(),

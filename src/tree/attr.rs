@@ -33,9 +33,10 @@ pub struct Attr {
     pub blocks: u64,
     /// Modification time.
     pub mtime: SystemTime,
-    /// False for files whose attributes and bytes never change while they
-    /// exist (snapshot views, layers built only from snapshots): those may
-    /// be trusted for a while; everything else must be asked for afresh.
+    /// True for what may be trusted for a while: files whose attributes and
+    /// bytes never change while they exist (snapshot views, layers built
+    /// only from snapshots), and folders (their listings are always read
+    /// afresh). Every other file must be asked for afresh.
     pub fixed: bool,
     /// Permission bits (never a write bit).
     pub perm: u16,
@@ -62,7 +63,7 @@ impl Tree {
                     size,
                     blocks,
                     mtime,
-                    fixed: kind == Kind::File && immutable(node),
+                    fixed: kind == Kind::Dir || immutable(node),
                     perm,
                     uid: meta.uid(),
                     gid: meta.gid(),
@@ -136,7 +137,7 @@ impl Tree {
             }
             Node::Sums(rel, dir) => {
                 let e = self.entry(rel)?;
-                let (size, t) = self.sums_attr(rel, *dir)?;
+                let (size, t) = self.sums_attr(&e, rel, *dir)?;
                 let mtime = self.distinct_mtime(node, &e, t);
                 Ok(base(&e.meta, Kind::File, size, size.div_ceil(512), mtime))
             }

@@ -16,7 +16,7 @@ use super::memo::Memos;
 use super::node::{LayerKey, SnapKey, StateKey};
 use crate::chain::{self, Direction, LayerSpec};
 use crate::error::{Error, Result};
-use crate::image::{Image, State, StateId};
+use crate::image::{Image, State, StateId, inside};
 use crate::layer::{ClusterMap, Layer};
 use crate::names::snapshot_stems;
 use crate::report::{Info, open_error_text};
@@ -68,19 +68,31 @@ pub(super) struct ImageEntry {
     /// waits for a plan that the memo budget let go.
     pub(super) layer_sizes: Mutex<HashMap<LayerSpec, u64>>,
     pub(super) manifests: Mutex<HashMap<Direction, Arc<Vec<u8>>>>,
-    pub(super) backing_files: OnceLock<Vec<PathBuf>>,
+    pub(super) backing_files: OnceLock<Vec<chain::Passthrough>>,
+    /// Those of them a chain folder shows (inside IMAGE_DIR, unless allowed).
+    pub(super) shown_backing_files: OnceLock<Vec<chain::Passthrough>>,
     pub(super) logged: AtomicBool,
 }
 
 impl ImageEntry {
-    /// The files of the image's backing chain, as resolved at this opening.
-    pub(super) fn backing_files(&self) -> &[PathBuf] {
+    /// The files of the image's backing chain, as resolved at this opening
+    /// (read once: each is opened to find the next).
+    pub(super) fn backing_files(&self) -> &[chain::Passthrough] {
         self.backing_files.get_or_init(|| match &self.image {
-            Ok(img) => chain::passthrough(img)
-                .into_iter()
-                .map(|p| p.path)
-                .collect(),
+            Ok(img) => chain::passthrough(img),
             Err(_) => Vec::new(),
+        })
+    }
+
+    /// The backing files a chain folder passes through: those that resolve
+    /// inside `root` when given (checked once per opening).
+    pub(super) fn shown_backing_files(&self, root: Option<&Path>) -> &[chain::Passthrough] {
+        self.shown_backing_files.get_or_init(|| {
+            self.backing_files()
+                .iter()
+                .filter(|p| root.is_none_or(|r| inside(&p.path, r).is_ok_and(|(within, _)| within)))
+                .cloned()
+                .collect()
         })
     }
 
@@ -137,7 +149,14 @@ impl ImageEntry {
     }
 
     fn gather_info(&self, path: &Path) -> (String, String) {
-        match self.image().and_then(Info::gather) {
+        let layers = |d: Direction| -> Result<Vec<chain::LayerFigures>> {
+            let img = self.image()?;
+            chain::layers(img, d)
+                .iter()
+                .map(|s| Ok(chain::LayerFigures::of(s, &*self.layer(s)?)))
+                .collect()
+        };
+        match self.image().and_then(|img| Info::gather_with(img, &layers)) {
             Ok(i) => (i.to_text(), format!("{:#}\n", i.to_json())),
             Err(e) => {
                 let text = match &self.image {
@@ -247,6 +266,15 @@ impl ImageEntry {
 impl Tree {
     /// The current opening of the image at `rel`, reopened if it changed.
     pub(super) fn entry(&self, rel: &Path) -> Result<Arc<ImageEntry>> {
+        // One stat when the image is the version already open: the same
+        // device, inode, size and times can only be the same file, so the
+        // path need not be resolved again.
+        let known = self.images.lock().get(rel).cloned();
+        if let Some(e) = known
+            && std::fs::metadata(self.root.join(rel)).is_ok_and(|m| Stamp::of(&m) == e.stamp)
+        {
+            return Ok(e);
+        }
         let (path, meta) = self.source(rel)?;
         let stamp = Stamp::of(&meta);
         if let Some(e) = self.images.lock().get(rel)
@@ -272,6 +300,7 @@ impl Tree {
             layer_sizes: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
             backing_files: OnceLock::new(),
+            shown_backing_files: OnceLock::new(),
             logged: AtomicBool::new(false),
         });
         if let Err(e) = &entry.image {

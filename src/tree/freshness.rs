@@ -80,7 +80,7 @@ impl Tree {
             (_, Some(e)) => {
                 let mut out = vec![e.stamp];
                 for p in e.backing_files() {
-                    out.push(stamp(p)?);
+                    out.push(stamp(&p.path)?);
                 }
                 Some(out)
             }

@@ -16,7 +16,6 @@ use super::handles::Handle;
 use super::node::Node;
 use crate::chain::{self, Direction};
 use crate::error::Result;
-use crate::image::inside;
 use crate::sums::{self, Sha256Digest, StreamHash};
 
 /// Digests of chain folder files, each with the stamps of the sources it
@@ -38,16 +37,16 @@ impl Tree {
                 Node::Layer(rel.to_path_buf(), dir, key),
             ));
         }
-        for p in chain::passthrough(img) {
-            // Only files inside IMAGE_DIR, unless the user allowed more.
-            if self.opts.backing_root.is_some()
-                && !inside(&p.path, &self.root).is_ok_and(|(within, _)| within)
-            {
-                continue;
-            }
+        // Only files inside IMAGE_DIR, unless the user allowed more.
+        let confine = self
+            .opts
+            .backing_root
+            .is_some()
+            .then_some(self.root.as_path());
+        for p in e.shown_backing_files(confine) {
             out.push((
                 OsString::from(&p.file_name),
-                Node::Pass(rel.to_path_buf(), dir, p.file_name.clone(), p.path),
+                Node::Pass(rel.to_path_buf(), dir, p.file_name.clone(), p.path.clone()),
             ));
         }
         out.push((
@@ -58,14 +57,27 @@ impl Tree {
     }
 
     /// Size and mtime of `SHA256SUMS`: the size from the names alone; the
-    /// mtime the latest of the files it lists.
-    pub(super) fn sums_attr(&self, rel: &Path, dir: Direction) -> Result<(u64, SystemTime)> {
+    /// mtime the latest of the dates of what it lists (the states of the
+    /// layers, the image file, the backing files). The rsync rule is then
+    /// applied to it as to any file of the folder.
+    pub(super) fn sums_attr(
+        &self,
+        e: &ImageEntry,
+        rel: &Path,
+        dir: Direction,
+    ) -> Result<(u64, SystemTime)> {
         let files = self.chain_files(rel, dir)?;
         let size = sums::len(files.iter().map(|(n, _)| n.to_str().unwrap_or("")));
-        let mut mtime = UNIX_EPOCH;
+        let mut mtime = e.meta.modified().unwrap_or(UNIX_EPOCH);
         for (_, node) in &files {
-            let a = self.attr(self.inodes.number(node), node)?;
-            mtime = mtime.max(a.mtime);
+            let t = match node {
+                Node::Layer(_, d, key) => e.layer_time(&e.spec(*d, key)?)?,
+                Node::Pass(.., path) => std::fs::metadata(path)
+                    .and_then(|m| m.modified())
+                    .unwrap_or(UNIX_EPOCH),
+                _ => UNIX_EPOCH,
+            };
+            mtime = mtime.max(t);
         }
         Ok((size, mtime))
     }
