@@ -10,18 +10,6 @@ use std::time::{Duration, Instant};
 
 use qcow2fs::{Image, OpenOptions, StateId, View};
 
-/// Peak resident memory of a process, from /proc.
-fn peak_rss(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
-}
-
 fn append(path: &Path, bytes: &[u8]) -> u64 {
     use std::io::Write;
     let len = std::fs::metadata(path).unwrap().len();

@@ -5,18 +5,6 @@
 mod common;
 use common::*;
 
-/// Peak resident memory of a process, from /proc.
-fn peak_rss(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
-}
-
 #[test]
 fn twenty_images_of_sixty_snapshots_stay_within_the_budget() {
     // 1 TiB with 4 KiB clusters: a 4 MiB L1 table per state; 2 MiB written
