@@ -104,7 +104,7 @@ mod tests {
     }
 
     #[test]
-    fn unsafe_and_duplicate_names_get_the_id() {
+    fn unusable_and_duplicate_names_get_the_id() {
         let s = [
             sn("1", ""),
             sn("2", "dup"),

@@ -9,9 +9,10 @@
 mod backing;
 mod state;
 
+pub use crate::qcow2::cluster::Mapping;
 pub use backing::{Backing, MAX_BACKING_CHAIN, inside, resolve_name};
 use backing::{check_inside, open_backing};
-pub use state::{Mapping, Run, State, VmState};
+pub use state::{Run, State, VmState};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -6,30 +6,10 @@ use std::sync::atomic::Ordering;
 
 use super::{DATA_READS, Image, StateId};
 use crate::error::{Error, Result};
-use crate::qcow2::cluster::{self, SUBCLUSTERS, SubclusterKind};
+use crate::qcow2::cluster::{self, Mapping, SUBCLUSTERS};
 use crate::qcow2::l1::L1Table;
-use crate::qcow2::offsets::{GuestOffset, HostOffset};
+use crate::qcow2::offsets::GuestOffset;
 use crate::view::{Extent, ExtentKind, View, clip, push_extent};
-
-/// What a run of guest bytes of a state maps to, at this image's level.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mapping {
-    /// Not allocated in this image: the backing file's bytes, or zeros.
-    Unallocated,
-    /// Reads as zeros.
-    Zero,
-    /// Stored at this host offset (of the first byte of the run).
-    Data(HostOffset),
-    /// Inside a compressed cluster.
-    Compressed {
-        /// Host offset of the compressed data.
-        host: HostOffset,
-        /// Bytes of compressed data.
-        len: u64,
-        /// Offset of the run's first byte inside the decompressed cluster.
-        within: u64,
-    },
-}
 
 /// A run of guest bytes with one mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,19 +91,9 @@ impl State {
                 || format!("L2 table at {l2_offset} (L1[{l1_index}]): entry {l2_index}");
             let entry = self.image.l2_entry(&table, l2_index, &entry_what)?;
             let in_cluster = pos & (cs - 1);
-            let sc = (in_cluster / sc_size) as u32;
             let in_sc = in_cluster % sc_size;
             let piece = (sc_size - in_sc).min(end - pos);
-            let m = match entry.subcluster(sc, sc_size) {
-                SubclusterKind::Unallocated => Mapping::Unallocated,
-                SubclusterKind::Zero => Mapping::Zero,
-                SubclusterKind::Data(host) => Mapping::Data(HostOffset(host.0 + in_sc)),
-                SubclusterKind::Compressed { host, len } => Mapping::Compressed {
-                    host,
-                    len,
-                    within: in_cluster,
-                },
-            };
+            let m = entry.mapping_at(in_cluster, sc_size);
             match first {
                 None => first = Some(m),
                 Some(f) if continues(f, len, m) => {}

@@ -234,7 +234,7 @@ impl ClusterMap {
                 } else {
                     let to = end.min(cend);
                     let p = pieces.get_or_insert_with(Pieces::new);
-                    let m = shifted(run.mapping, off - pos);
+                    let m = run.mapping.advanced(off - pos);
                     p.add(off - cstart, to - cstart, m, sc_size);
                     if to == cend {
                         out.push(c, 1, p.own(has_backing))?;
@@ -333,18 +333,5 @@ impl ClusterMap {
 impl crate::cache::Weigh for ClusterMap {
     fn weight(&self) -> u64 {
         (self.runs.len() * std::mem::size_of::<OwnRun>() + std::mem::size_of::<ClusterMap>()) as u64
-    }
-}
-
-/// `m` as seen `k` bytes into a run that starts with it.
-fn shifted(m: Mapping, k: u64) -> Mapping {
-    match m {
-        Mapping::Data(h) => Mapping::Data(crate::qcow2::offsets::HostOffset(h.0 + k)),
-        Mapping::Compressed { host, len, within } => Mapping::Compressed {
-            host,
-            len,
-            within: within + k,
-        },
-        m => m,
     }
 }

@@ -2,7 +2,7 @@
 //! "Cluster mapping" and "Extended L2 Entries").
 //!
 //! This is the only module that knows the bit layout of table entries;
-//! everything else matches on [`L2Entry`] and [`SubclusterKind`].
+//! everything else matches on [`L2Entry`] and [`Mapping`].
 
 use crate::error::{Error, Result};
 use crate::qcow2::offsets::HostOffset;
@@ -81,22 +81,42 @@ pub enum L2Entry {
     },
 }
 
-/// The state of one subcluster (a whole cluster without extended L2).
+/// What a run of guest bytes of a state maps to, at the image's own level:
+/// the one enum for "what is this guest byte"; everything above this
+/// module matches on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SubclusterKind {
-    /// Falls through to the backing file.
+pub enum Mapping {
+    /// Not allocated in this image: the backing file's bytes, or zeros.
     Unallocated,
     /// Reads as zeros.
     Zero,
-    /// Data at this host offset (the subcluster's own start).
+    /// Stored at this host offset (of the first byte of the run).
     Data(HostOffset),
-    /// Part of a compressed cluster.
+    /// Inside a compressed cluster.
     Compressed {
         /// Host offset of the compressed data.
         host: HostOffset,
         /// Bytes of compressed data.
         len: u64,
+        /// Offset of the run's first byte inside the decompressed cluster.
+        within: u64,
     },
+}
+
+impl Mapping {
+    /// The mapping of the byte `k` bytes further into a run that starts
+    /// with this one.
+    pub fn advanced(self, k: u64) -> Mapping {
+        match self {
+            Mapping::Data(h) => Mapping::Data(HostOffset(h.0 + k)),
+            Mapping::Compressed { host, len, within } => Mapping::Compressed {
+                host,
+                len,
+                within: within + k,
+            },
+            m => m,
+        }
+    }
 }
 
 /// Decode an L1 entry into the offset of its L2 table, if any.
@@ -194,23 +214,30 @@ impl L2Entry {
         }
     }
 
-    /// The state of subcluster `sc` (0 without extended L2) of size `sc_size`.
-    pub fn subcluster(&self, sc: u32, sc_size: u64) -> SubclusterKind {
+    /// What byte `in_cluster` of the entry's cluster maps to, with
+    /// subclusters of `sc_size` bytes (the cluster size without extended L2).
+    pub fn mapping_at(&self, in_cluster: u64, sc_size: u64) -> Mapping {
+        let sc = (in_cluster / sc_size) as u32;
+        let in_sc = in_cluster % sc_size;
         match *self {
-            L2Entry::Unallocated => SubclusterKind::Unallocated,
-            L2Entry::Zero { .. } => SubclusterKind::Zero,
-            L2Entry::Data { host } => SubclusterKind::Data(host),
-            L2Entry::Compressed { host, len } => SubclusterKind::Compressed { host, len },
+            L2Entry::Unallocated => Mapping::Unallocated,
+            L2Entry::Zero { .. } => Mapping::Zero,
+            L2Entry::Data { host } => Mapping::Data(HostOffset(host.0 + in_cluster)),
+            L2Entry::Compressed { host, len } => Mapping::Compressed {
+                host,
+                len,
+                within: in_cluster,
+            },
             L2Entry::Subclusters { host, alloc, zero } => {
-                let bit = 1u32 << sc;
+                let bit = 1u32.checked_shl(sc).unwrap_or(0);
                 if alloc & bit != 0 {
                     // decode_l2 guarantees a host offset when any bit is allocated.
                     let base = host.map_or(0, |h| h.0);
-                    SubclusterKind::Data(HostOffset(base + u64::from(sc) * sc_size))
+                    Mapping::Data(HostOffset(base + u64::from(sc) * sc_size + in_sc))
                 } else if zero & bit != 0 {
-                    SubclusterKind::Zero
+                    Mapping::Zero
                 } else {
-                    SubclusterKind::Unallocated
+                    Mapping::Unallocated
                 }
             }
         }
@@ -286,12 +313,10 @@ mod tests {
     fn decodes_subclusters() {
         let geo = CompressedGeometry::new(16);
         let e = decode_l2(0x50000, Some((0b10u64 << 32) | 0b01), 16, geo, &what).unwrap();
-        assert_eq!(
-            e.subcluster(0, 2048),
-            SubclusterKind::Data(HostOffset(0x50000))
-        );
-        assert_eq!(e.subcluster(1, 2048), SubclusterKind::Zero);
-        assert_eq!(e.subcluster(2, 2048), SubclusterKind::Unallocated);
+        assert_eq!(e.mapping_at(0, 2048), Mapping::Data(HostOffset(0x50000)));
+        assert_eq!(e.mapping_at(100, 2048), Mapping::Data(HostOffset(0x50064)));
+        assert_eq!(e.mapping_at(2048, 2048), Mapping::Zero);
+        assert_eq!(e.mapping_at(4096, 2048), Mapping::Unallocated);
         assert!(decode_l2(0, Some(1), 16, geo, &what).is_err());
         assert!(decode_l2(0x50000, Some((1u64 << 32) | 1), 16, geo, &what).is_err());
     }
