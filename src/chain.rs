@@ -312,7 +312,6 @@ pub fn export(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
     use sha2::{Digest, Sha256};
-    use std::io::{Seek, SeekFrom, Write};
     let specs = layers(image, dir);
     let built: Vec<Layer> = specs
         .iter()
@@ -352,31 +351,14 @@ pub fn export(
     }
     let total: u64 = views.iter().map(|v| v.1.size()).sum();
     let mut done = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
     let mut digests = Vec::new();
     for (name, v) in &views {
         let path = out.join(name);
-        let mut f = std::fs::File::create(&path).map_err(|e| Error::io("create", &path, e))?;
-        let mut sha = Sha256::new();
-        let mut pos = 0;
-        while pos < v.size() {
-            let n = v.read_at(&mut buf, pos)?;
-            sha.update(&buf[..n]);
-            // Holes stay holes: a chunk of zeros is skipped, not written.
-            if buf[..n].iter().all(|&b| b == 0) {
-                f.seek(SeekFrom::Current(n as i64))
-                    .map_err(|e| Error::io("seek", &path, e))?;
-            } else {
-                f.write_all(&buf[..n])
-                    .map_err(|e| Error::io("write", &path, e))?;
-            }
-            pos += n as u64;
-            done += n as u64;
+        let digest = sums::write_hashed(&**v, &path, &mut |n| {
+            done += n;
             progress(done, total);
-        }
-        f.set_len(v.size())
-            .map_err(|e| Error::io("set length", &path, e))?;
-        digests.push((name.clone(), sha.finalize().into()));
+        })?;
+        digests.push((name.clone(), digest));
     }
     let m = format!("{:#}\n", manifest(image, &specs, &figures));
     let path = out.join("chain.json");

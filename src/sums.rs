@@ -5,10 +5,13 @@
 //! can be (a `cp -r` or `rsync` reads every file in full).
 
 use std::collections::BTreeMap;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::view::View;
 
 /// The name of the sums file in every chain folder.
@@ -19,8 +22,11 @@ pub const SUMS_NAME: &str = "SHA256SUMS";
 /// is then hashed when the sums are read.
 const MAX_PENDING_BYTES: usize = 64 << 20;
 
-/// Bytes read at a time when hashing a file that was not hashed as it was read.
+/// Bytes read at a time when hashing a file that was not hashed as it was
+/// read, or when writing one out.
 const HASH_CHUNK: usize = 1 << 20;
+/// Chunks queued for the hashing thread while a file is written out.
+const HASH_QUEUE: usize = 4;
 
 /// A SHA-256 digest.
 pub type Sha256Digest = [u8; 32];
@@ -69,6 +75,64 @@ pub fn hash_view(view: &dyn View) -> Result<Sha256Digest> {
         pos += n as u64;
     }
     Ok(sha.finalize().into())
+}
+
+/// Write every byte of `view` to a new file at `path` and return its
+/// digest. Chunks of zeros are skipped, so holes stay holes; the hashing
+/// runs on a second thread, beside the reads and writes. `done` is told the
+/// bytes of each chunk as it is written.
+pub fn write_hashed(
+    view: &dyn View,
+    path: &Path,
+    done: &mut dyn FnMut(u64),
+) -> Result<Sha256Digest> {
+    let mut f = std::fs::File::create(path).map_err(|e| Error::io("create", path, e))?;
+    let (to_hash, chunks) = mpsc::sync_channel::<Vec<u8>>(HASH_QUEUE);
+    let (give_back, spare) = mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|s| {
+        let hasher = s.spawn(move || {
+            let mut sha = Sha256::new();
+            for chunk in chunks {
+                sha.update(&chunk);
+                // The reader may have gone on an error: nothing to give to.
+                let _ = give_back.send(chunk);
+            }
+            Sha256Digest::from(sha.finalize())
+        });
+        let copied = (|| -> Result<()> {
+            let mut pos = 0u64;
+            while pos < view.size() {
+                let mut buf = spare.try_recv().unwrap_or_else(|_| vec![0u8; HASH_CHUNK]);
+                buf.resize(HASH_CHUNK, 0);
+                let n = view.read_at(&mut buf, pos)?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                if buf.iter().all(|&b| b == 0) {
+                    f.seek(SeekFrom::Current(n as i64))
+                        .map_err(|e| Error::io("seek", path, e))?;
+                } else {
+                    f.write_all(&buf).map_err(|e| Error::io("write", path, e))?;
+                }
+                pos += n as u64;
+                done(n as u64);
+                if to_hash.send(buf).is_err() {
+                    break;
+                }
+            }
+            f.set_len(view.size())
+                .map_err(|e| Error::io("set length", path, e))
+        })();
+        drop(to_hash);
+        let digest = hasher.join();
+        copied?;
+        digest.map_err(|_| Error::Io {
+            what: "hash".into(),
+            path: path.to_path_buf(),
+            source: std::io::Error::other("the hashing thread failed"),
+        })
+    })
 }
 
 /// Hashes a file from the reads made of it, in whatever order they come.
