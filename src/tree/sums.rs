@@ -69,15 +69,16 @@ impl Tree {
         let files = self.chain_files(rel, dir)?;
         let size = sums::len(files.iter().map(|(n, _)| n.to_str().unwrap_or("")));
         let mut mtime = e.meta.modified().unwrap_or(UNIX_EPOCH);
+        // The layers' dates from their specs directly (the listing named
+        // them by key; looking each key up again would be quadratic).
+        for spec in chain::layers(e.image()?, dir) {
+            mtime = mtime.max(e.layer_time(&spec)?);
+        }
         for (_, node) in &files {
-            let t = match node {
-                Node::Layer(_, d, key) => e.layer_time(&e.spec(*d, key)?)?,
-                Node::Pass(.., path) => std::fs::metadata(path)
-                    .and_then(|m| m.modified())
-                    .unwrap_or(UNIX_EPOCH),
-                _ => UNIX_EPOCH,
-            };
-            mtime = mtime.max(t);
+            if let Node::Pass(.., path) = node {
+                let t = std::fs::metadata(path).and_then(|m| m.modified());
+                mtime = mtime.max(t.unwrap_or(UNIX_EPOCH));
+            }
         }
         Ok((size, mtime))
     }
