@@ -157,15 +157,7 @@ impl Info {
             "states": states,
             "refcount-table": {"entries": c.reftable_entries, "used": c.reftable_used,
                                "entries-per-block": (cs * 8) >> h.refcount_order},
-            "check": {
-                "corruptions": c.corruptions, "leaks": c.leaks, "check-errors": c.check_errors,
-                "oflag-copied-mismatches": c.oflag_copied_mismatches,
-                "allocated-clusters": c.allocated_clusters, "total-clusters": c.total_clusters,
-                "compressed-clusters": c.compressed_clusters,
-                "fragmented-clusters": c.fragmented_clusters,
-                "image-end-offset": c.image_end_offset,
-                "messages": c.messages,
-            },
+            "check": check_json(c),
             "summary": {
                 "active-clusters": c.active_clusters, "active-bytes": c.active_clusters * cs,
                 "inactive-clusters": c.inactive_clusters, "inactive-bytes": c.inactive_clusters * cs,
@@ -374,6 +366,20 @@ impl Info {
         }
         t
     }
+}
+
+/// The check part of the report, as JSON (what `qcow2fs check
+/// --output=json` prints), with `qemu-img check`'s key names.
+pub fn check_json(c: &CheckReport) -> Value {
+    json!({
+        "corruptions": c.corruptions, "leaks": c.leaks, "check-errors": c.check_errors,
+        "oflag-copied-mismatches": c.oflag_copied_mismatches,
+        "allocated-clusters": c.allocated_clusters, "total-clusters": c.total_clusters,
+        "compressed-clusters": c.compressed_clusters,
+        "fragmented-clusters": c.fragmented_clusters,
+        "image-end-offset": c.image_end_offset,
+        "messages": c.messages,
+    })
 }
 
 /// The check part of the report, as text (what `qcow2fs check` prints).

@@ -15,6 +15,19 @@ pub struct SourceFile {
     path: PathBuf,
     file: File,
     len: u64,
+    past_end: PastEnd,
+}
+
+/// What a read of a structure that runs past the end of the file gives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PastEnd {
+    /// An error naming the structure: what the mount and `info` serve.
+    #[default]
+    Error,
+    /// Zeros, as QEMU's block layer reads past the end of a file: what
+    /// `check` reads, so that it goes on past a truncation as
+    /// `qemu-img check` does and counts what lies beyond.
+    Zeros,
 }
 
 /// Open `path` for reading only. The one place a source file is opened.
@@ -26,20 +39,41 @@ pub fn open_read_only(path: &Path) -> std::io::Result<File> {
 }
 
 impl SourceFile {
-    /// Open `path` read-only and note its length.
+    /// Open `path` read-only and note its length; structures past its end
+    /// are errors.
     pub fn open(path: &Path) -> Result<SourceFile> {
+        SourceFile::open_reading(path, PastEnd::Error)
+    }
+
+    /// Open `path` read-only, reading past its end as `past_end` says.
+    pub fn open_reading(path: &Path, past_end: PastEnd) -> Result<SourceFile> {
         let file = open_read_only(path).map_err(|e| Error::io("open", path, e))?;
         let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
         Ok(SourceFile {
             path: path.to_path_buf(),
             file,
             len: meta.len(),
+            past_end,
         })
     }
 
     /// The path the file was opened by.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What a read past the end of the file gives.
+    pub fn past_end(&self) -> PastEnd {
+        self.past_end
+    }
+
+    /// How many bytes from the start can be read: the length, or without
+    /// bound when the file reads zeros past its end.
+    pub fn readable_len(&self) -> u64 {
+        match self.past_end {
+            PastEnd::Error => self.len,
+            PastEnd::Zeros => u64::MAX,
+        }
     }
 
     /// The file's length when it was opened.
@@ -58,10 +92,11 @@ impl SourceFile {
     }
 
     /// The one check that a structure named `what` of `len` bytes at
-    /// `offset` lies wholly inside the file.
+    /// `offset` lies wholly inside the file (or, when the file reads zeros
+    /// past its end, that its end can be named).
     pub fn check_range(&self, offset: u64, len: u64, what: &str) -> Result<()> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.len => Ok(()),
+            Some(end) if end <= self.len || self.past_end == PastEnd::Zeros => Ok(()),
             _ => Err(Error::PastEof {
                 what: what.to_string(),
                 offset,
@@ -76,6 +111,10 @@ impl SourceFile {
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
         let len = buf.len() as u64;
         self.check_range(offset, len, what)?;
+        // Only what lies inside the file is read; the rest stays zero.
+        let inside = self.len.saturating_sub(offset).min(len) as usize;
+        buf[inside..].fill(0);
+        let buf = &mut buf[..inside];
         self.file.read_exact_at(buf, offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::PastEof {

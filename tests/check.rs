@@ -333,3 +333,109 @@ fn unique_bytes_per_snapshot_and_the_library_examples() {
     assert!(raw.status.success());
     assert!(raw.stdout == oracle_raw(d.path(), &img, Some("1")));
 }
+
+/// A file cut short (snapshot table, tables and data past its end) is
+/// checked as `qemu-img check` checks it: reads past the end are zeros,
+/// incomplete snapshot entries and references past the end are corruptions,
+/// the clusters of the snapshots lost are leaks, and the exit status is the
+/// same; a cut inside the header is refused by both.
+#[test]
+fn truncated_images_are_counted_as_qemu_img_counts_them() {
+    let d = scratch();
+    let cut_img = at(d.path(), "cut.qcow2");
+    let (mut leaky, mut incomplete) = (0, 0);
+    for (name, opts) in [
+        ("v3.qcow2", "cluster_size=65536"),
+        ("v2.qcow2", "compat=0.10"),
+        ("small.qcow2", "cluster_size=4096"),
+        ("ext.qcow2", "extended_l2=on"),
+    ] {
+        let img = at(d.path(), name);
+        let p = img.to_str().unwrap();
+        qemu_img(&["create", "-q", "-f", "qcow2", "-o", opts, p, "16M"]);
+        qemu_io(&img, "qcow2", &["write -P 1 0 4M"]);
+        qemu_img(&["snapshot", "-c", "a", p]);
+        qemu_io(&img, "qcow2", &["write -P 2 2M 4M", "write -c -P 5 8M 1M"]);
+        qemu_img(&["snapshot", "-c", "b", p]);
+        qemu_io(&img, "qcow2", &["write -P 3 6M 2M", "write -z 0 64k"]);
+        let len = std::fs::metadata(&img).unwrap().len();
+        // Inside the header, past it, through the data and into the tables
+        // that were written last.
+        let mut cuts = vec![50, 104, 200, 5000, 70_000, len - 100, len - 1];
+        cuts.extend((1..16).map(|i| len * i / 16));
+        for cut in cuts {
+            std::fs::copy(&img, &cut_img).unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&cut_img)
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
+            let out = std::process::Command::new("qemu-img")
+                .args(["check", "--output=json", cut_img.to_str().unwrap()])
+                .output()
+                .unwrap();
+            let what = format!("{name} cut at {cut}");
+            let Ok(q) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                assert_eq!(out.status.code(), Some(1), "{what}");
+                let (code, _, err) = qcow2fs(&["check", cut_img.to_str().unwrap()]);
+                assert_eq!(code, 1, "{what}: qemu-img refused it; we said {err}");
+                continue;
+            };
+            let (code, v) = ours(&cut_img);
+            assert_eq!(Some(code), out.status.code(), "{what}: {v:#}");
+            for k in [
+                "corruptions",
+                "leaks",
+                "check-errors",
+                "image-end-offset",
+                "allocated-clusters",
+                "total-clusters",
+            ] {
+                assert_eq!(
+                    field(&v, k),
+                    field(&q, k),
+                    "{what}: {k}: ours {v:#} qemu {q:#}"
+                );
+            }
+            leaky += u32::from(field(&v, "leaks") > 0);
+            incomplete += v["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m.as_str().unwrap().contains("is incomplete"))
+                .count();
+        }
+    }
+    // The cuts reached both effects: snapshots lost, their clusters leaked.
+    assert!(leaky > 5 && incomplete > 10, "{leaky} {incomplete}");
+}
+
+/// A snapshot entry whose L1 table is unaligned or too large is one
+/// corruption, as in `qemu-img check`, and the check goes on; its clusters
+/// are leaks.
+#[test]
+fn a_damaged_snapshot_entry_is_counted_and_the_check_goes_on() {
+    let d = scratch();
+    let img = at(d.path(), "vm.qcow2");
+    let p = img.to_str().unwrap();
+    qemu_img(&["create", "-q", "-f", "qcow2", p, "16M"]);
+    qemu_io(&img, "qcow2", &["write -P 1 0 4M"]);
+    qemu_img(&["snapshot", "-c", "a", p]);
+    qemu_io(&img, "qcow2", &["write -P 2 0 4M"]);
+    let bytes = std::fs::read(&img).unwrap();
+    let table = u64::from_be_bytes(bytes[64..72].try_into().unwrap()) as usize;
+    let l1 = u64::from_be_bytes(bytes[table..table + 8].try_into().unwrap());
+    for (at_byte, value, said) in [
+        (0, (l1 + 512).to_be_bytes().to_vec(), "not cluster aligned"),
+        (8, 0x50_0000u32.to_be_bytes().to_vec(), "too large"),
+    ] {
+        let mut poked = bytes.clone();
+        poked[table + at_byte..table + at_byte + value.len()].copy_from_slice(&value);
+        std::fs::write(&img, &poked).unwrap();
+        let v = assert_agrees(&img);
+        assert_eq!(field(&v, "corruptions"), 1, "{v:#}");
+        assert!(field(&v, "leaks") > 0, "{v:#}");
+        assert!(v["messages"][0].as_str().unwrap().contains(said), "{v:#}");
+    }
+}

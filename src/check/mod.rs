@@ -12,8 +12,9 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::image::Image;
 use crate::qcow2::cluster::{REFT_OFFSET_MASK, REFT_RESERVED_MASK};
-use crate::qcow2::header::AUTOCLEAR_BITMAPS;
+use crate::qcow2::header::{AUTOCLEAR_BITMAPS, MAX_L1_BYTES};
 use crate::qcow2::refcount::Refcounts;
+use crate::qcow2::snapshot::V3_EXTRA_DATA;
 pub use bitmaps::{MAX_BITMAP_DIRECTORY_BYTES, MAX_CHECK_BITMAP_ENTRIES};
 use copied::check_oflag_copied;
 use walk::Walk;
@@ -155,6 +156,18 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
             ..CheckReport::default()
         },
     };
+    // Entries read as the check reads them: a version 3 entry without its
+    // 16 bytes of extra data (zeros past a truncation, for one) is counted.
+    if h.version >= 3 {
+        for sn in image.snapshots() {
+            if (sn.extra_data_size as usize) < V3_EXTRA_DATA {
+                w.corrupt(format_args!(
+                    "ERROR snapshot table entry {} is incomplete",
+                    sn.index
+                ));
+            }
+        }
+    }
     w.inc(0, cluster_size);
     let mut fig = StateFigures {
         label: "active".into(),
@@ -171,6 +184,21 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
             label: sn.id.clone(),
             ..StateFigures::default()
         };
+        if sn.l1_table_offset & (cluster_size - 1) != 0 || u64::from(sn.l1_size) * 8 > MAX_L1_BYTES
+        {
+            let (field, value, fault) = if sn.l1_table_offset & (cluster_size - 1) != 0 {
+                ("l1_offset", sn.l1_table_offset, "is not cluster aligned")
+            } else {
+                ("l1_size", u64::from(sn.l1_size), "is too large")
+            };
+            w.corrupt(format_args!(
+                "ERROR snapshot {} ({}) {field}={value:#x}: L1 table {fault}; snapshot table entry corrupted",
+                sn.id, sn.name
+            ));
+            states.push(fig);
+            lists.push(Vec::new());
+            continue;
+        }
         let data = w.l1(&mut fig, sn.l1_table_offset, u64::from(sn.l1_size), false);
         fig.data_clusters = data.len() as u64;
         fig.new_clusters = count_not_in(&data, &prev);

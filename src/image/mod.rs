@@ -27,7 +27,7 @@ use crate::qcow2::header::{Header, INCOMPAT_DATA_FILE, QCOW2_MAGIC};
 use crate::qcow2::l1::L1Table;
 use crate::qcow2::offsets::HostOffset;
 use crate::qcow2::snapshot::{Snapshot, read_snapshots};
-use crate::source::SourceFile;
+use crate::source::{PastEnd, SourceFile};
 
 /// Counter of data-cluster reads (uncompressed or compressed), process-wide;
 /// tests use it to show that metadata-only work reads no data.
@@ -42,6 +42,9 @@ pub struct OpenOptions {
     pub caches: Arc<Caches>,
     /// When set, backing files must resolve to a path inside this folder.
     pub backing_root: Option<PathBuf>,
+    /// What reads past the end of a file give: errors to serve the image,
+    /// zeros to check it as `qemu-img check` does.
+    pub past_end: PastEnd,
 }
 
 impl OpenOptions {
@@ -50,6 +53,17 @@ impl OpenOptions {
         OpenOptions {
             caches: Caches::new(cache_bytes),
             backing_root: None,
+            past_end: PastEnd::Error,
+        }
+    }
+
+    /// Options to check an image as `qemu-img check` reads it: structures
+    /// past the end of the file read as zeros, snapshot entries are kept as
+    /// they are for the check to judge.
+    pub fn for_check(cache_bytes: u64) -> OpenOptions {
+        OpenOptions {
+            past_end: PastEnd::Zeros,
+            ..OpenOptions::new(cache_bytes)
         }
     }
 }
@@ -96,7 +110,7 @@ impl Image {
         opts: &OpenOptions,
         chain: &mut Vec<PathBuf>,
     ) -> Result<Arc<Image>> {
-        let file = SourceFile::open(path)?;
+        let file = SourceFile::open_reading(path, opts.past_end)?;
         let header = Header::read(&file)?;
         let (snapshots, snapshot_table_bytes) = read_snapshots(&file, &header)?;
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -107,7 +121,7 @@ impl Image {
             (Some(name), true) => {
                 let p = resolve_name(dir, name);
                 check_inside(&p, opts, name)?;
-                Some(SourceFile::open(&p)?)
+                Some(SourceFile::open_reading(&p, opts.past_end)?)
             }
             _ => None,
         };

@@ -187,7 +187,7 @@ impl Header {
     /// Read and validate the header of `file`.
     pub fn read(file: &SourceFile) -> Result<Header> {
         let mut first = [0u8; 112];
-        let avail = file.len().min(first.len() as u64) as usize;
+        let avail = file.readable_len().min(first.len() as u64) as usize;
         if avail < 4 {
             return Err(Error::NotQcow2 {
                 path: file.path().to_path_buf(),
@@ -234,7 +234,7 @@ impl Header {
             ));
         }
         // The header and its extensions live in the first cluster.
-        let first_cluster_len = cluster_size.min(file.len());
+        let first_cluster_len = cluster_size.min(file.readable_len());
         let cluster = file.read_vec(0, first_cluster_len, "header cluster")?;
         let be = Be::new(&cluster, "header");
 

@@ -6,12 +6,15 @@ use crate::error::{Error, Result};
 use crate::qcow2::be::Be;
 use crate::qcow2::header::{Header, MAX_L1_BYTES, MAX_SNAPSHOT_TABLE_BYTES, SECTOR_SIZE};
 use crate::qcow2::table::validate_table;
-use crate::source::SourceFile;
+use crate::source::{PastEnd, SourceFile};
 
 /// Fixed part of a snapshot table entry, before extra data, id and name.
 const SNAPSHOT_ENTRY_FIXED: usize = 40;
 /// QEMU caps a snapshot entry's extra data at 1 KiB (QCOW_MAX_SNAPSHOT_EXTRA_DATA).
 pub const MAX_SNAPSHOT_EXTRA_DATA: u32 = 1024;
+/// Extra data a version 3 entry must have: the VM state size and the disk
+/// size, 8 bytes each. An entry with less is incomplete.
+pub const V3_EXTRA_DATA: usize = 16;
 
 /// One internal snapshot, as its table entry describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,34 +92,40 @@ impl GrowingRead<'_> {
 
 /// Read and validate the snapshot table. Returns the snapshots and the
 /// table's size in bytes.
+///
+/// A file that reads zeros past its end is read for the check: entries are
+/// kept as they are, zeros included, and the check judges them as
+/// `qemu-img check` does (incomplete entries, unaligned or oversized L1
+/// tables); otherwise each of those is an error here.
 pub fn read_snapshots(file: &SourceFile, h: &Header) -> Result<(Vec<Snapshot>, u64)> {
     if h.nb_snapshots == 0 {
         return Ok((Vec::new(), 0));
     }
+    let for_check = file.past_end() == PastEnd::Zeros;
     // The table's length is only known after walking it; read at most the
     // named limit, clipped to the file, then walk inside that buffer.
-    let avail = file
-        .len()
+    let room = file
+        .readable_len()
         .checked_sub(h.snapshots_offset)
         .ok_or_else(|| Error::PastEof {
             what: "snapshot table".into(),
             offset: h.snapshots_offset,
             len: 0,
             file_len: file.len(),
-        })?;
-    let want = avail.min(MAX_SNAPSHOT_TABLE_BYTES);
+        })?
+        .min(MAX_SNAPSHOT_TABLE_BYTES);
     validate_table(
         file,
         h.cluster_bits,
         "snapshot table",
         h.snapshots_offset,
-        want,
+        room,
         MAX_SNAPSHOT_TABLE_BYTES,
     )?;
     let mut table = GrowingRead {
         file,
         start: h.snapshots_offset,
-        limit: want,
+        limit: room,
         buf: Vec::new(),
     };
     let mut snaps = Vec::with_capacity(h.nb_snapshots as usize);
@@ -126,11 +135,11 @@ pub fn read_snapshots(file: &SourceFile, h: &Header) -> Result<(Vec<Snapshot>, u
             "snapshot table at {:#x}: entry {index} at byte {off}",
             h.snapshots_offset
         );
-        let truncated = || {
-            if want < avail {
+        let truncated = |needed: usize| {
+            if needed as u64 > MAX_SNAPSHOT_TABLE_BYTES {
                 Error::TooLarge {
                     what: "snapshot table size",
-                    value: avail,
+                    value: needed as u64,
                     limit: MAX_SNAPSHOT_TABLE_BYTES,
                 }
             } else {
@@ -139,7 +148,7 @@ pub fn read_snapshots(file: &SourceFile, h: &Header) -> Result<(Vec<Snapshot>, u
         };
         // The fixed part tells how long the rest of the entry is.
         let fixed_end = off + SNAPSHOT_ENTRY_FIXED;
-        table.need(fixed_end).map_err(|_| truncated())?;
+        table.need(fixed_end).map_err(|_| truncated(fixed_end))?;
         let fixed = Be::new(&table.buf, "snapshot table").bytes(off, SNAPSHOT_ENTRY_FIXED)?;
         let e = Be::new(fixed, &what);
         let l1_table_offset = e.u64(0)?;
@@ -160,15 +169,11 @@ pub fn read_snapshots(file: &SourceFile, h: &Header) -> Result<(Vec<Snapshot>, u
         }
         let extra_len = extra_data_size as usize;
         let extra_off = off + SNAPSHOT_ENTRY_FIXED;
-        table
-            .need(extra_off + extra_len + id_str_size + name_size)
-            .map_err(|_| truncated())?;
+        let end = extra_off + extra_len + id_str_size + name_size;
+        table.need(end).map_err(|_| truncated(end))?;
         let be = Be::new(&table.buf, "snapshot table");
-        let extra = Be::new(
-            be.bytes(extra_off, extra_len).map_err(|_| truncated())?,
-            &what,
-        );
-        if h.version >= 3 && extra_len < 16 {
+        let extra = Be::new(be.bytes(extra_off, extra_len)?, &what);
+        if h.version >= 3 && extra_len < V3_EXTRA_DATA && !for_check {
             return Err(Error::corrupt(
                 what.clone(),
                 format!("extra_data_size {extra_len} is below the 16 bytes version 3 requires"),
@@ -190,28 +195,12 @@ pub fn read_snapshots(file: &SourceFile, h: &Header) -> Result<(Vec<Snapshot>, u
             None
         };
         let id_off = extra_off + extra_len;
-        let id = be.bytes(id_off, id_str_size).map_err(|_| truncated())?;
-        let name = be
-            .bytes(id_off + id_str_size, name_size)
-            .map_err(|_| truncated())?;
-        let end = id_off + id_str_size + name_size;
+        let id = be.bytes(id_off, id_str_size)?;
+        let name = be.bytes(id_off + id_str_size, name_size)?;
         off = end.div_ceil(8) * 8;
 
-        validate_table(
-            file,
-            h.cluster_bits,
-            "snapshot L1 table",
-            l1_table_offset,
-            u64::from(l1_size) * 8,
-            MAX_L1_BYTES,
-        )
-        .map_err(|err| Error::corrupt(what.clone(), err.to_string()))?;
-        let coverage = h.l1_coverage();
-        if disk_size.div_ceil(coverage) > u64::from(l1_size) {
-            return Err(Error::corrupt(
-                what.clone(),
-                format!("l1_size {l1_size} cannot map its disk size of {disk_size} bytes"),
-            ));
+        if !for_check {
+            validate_l1(file, h, &what, l1_table_offset, l1_size, disk_size)?;
         }
         snaps.push(Snapshot {
             index,
@@ -229,4 +218,32 @@ pub fn read_snapshots(file: &SourceFile, h: &Header) -> Result<(Vec<Snapshot>, u
         });
     }
     Ok((snaps, off as u64))
+}
+
+/// A snapshot's L1 table: aligned, within the size limit, inside the file,
+/// and large enough to map the snapshot's disk.
+fn validate_l1(
+    file: &SourceFile,
+    h: &Header,
+    what: &str,
+    l1_table_offset: u64,
+    l1_size: u32,
+    disk_size: u64,
+) -> Result<()> {
+    validate_table(
+        file,
+        h.cluster_bits,
+        "snapshot L1 table",
+        l1_table_offset,
+        u64::from(l1_size) * 8,
+        MAX_L1_BYTES,
+    )
+    .map_err(|err| Error::corrupt(what, err.to_string()))?;
+    if disk_size.div_ceil(h.l1_coverage()) > u64::from(l1_size) {
+        return Err(Error::corrupt(
+            what,
+            format!("l1_size {l1_size} cannot map its disk size of {disk_size} bytes"),
+        ));
+    }
+    Ok(())
 }
