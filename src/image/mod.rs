@@ -7,6 +7,7 @@
 //! bytes.
 
 mod backing;
+mod inflate;
 mod state;
 
 pub use crate::qcow2::cluster::Mapping;
@@ -271,6 +272,16 @@ impl Image {
 
     fn data_source(&self) -> &SourceFile {
         self.data_file.as_ref().unwrap_or(&self.file)
+    }
+
+    /// The decompressed bytes of each compressed cluster of `clusters`, in
+    /// order; those not cached are inflated side by side, one thread per
+    /// core.
+    pub fn decompressed_all(
+        self: &Arc<Image>,
+        clusters: Vec<(HostOffset, u64)>,
+    ) -> Result<Vec<Arc<Vec<u8>>>> {
+        inflate::inflate_all(self, clusters)
     }
 
     /// The decompressed bytes of the compressed cluster at `host`.

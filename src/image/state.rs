@@ -8,7 +8,7 @@ use super::{DATA_READS, Image, StateId};
 use crate::error::{Error, Result};
 use crate::qcow2::cluster::{self, Mapping, SUBCLUSTERS};
 use crate::qcow2::l1::L1Table;
-use crate::qcow2::offsets::GuestOffset;
+use crate::qcow2::offsets::{GuestOffset, HostOffset};
 use crate::view::{Extent, ExtentKind, View, clip, push_extent};
 
 /// A run of guest bytes with one mapping.
@@ -112,19 +112,44 @@ impl State {
     /// size; unallocated bytes come from the backing view when `use_backing`
     /// (zeros past its end), else read as zeros.
     pub fn read_mapped(&self, buf: &mut [u8], offset: u64, use_backing: bool) -> Result<()> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let want = (buf.len() - done) as u64;
-            let run = self.map(GuestOffset(pos), want)?;
-            let n = run.len.min(want) as usize;
-            if n == 0 {
+        for (i, window) in buf.chunks_mut(READ_WINDOW).enumerate() {
+            self.read_window(window, offset + (i * READ_WINDOW) as u64, use_backing)?;
+        }
+        Ok(())
+    }
+
+    /// [`State::read_mapped`] of at most [`READ_WINDOW`] bytes: the window
+    /// is mapped first, so that the compressed clusters it spans are
+    /// inflated side by side before its bytes are copied.
+    fn read_window(&self, buf: &mut [u8], offset: u64, use_backing: bool) -> Result<()> {
+        let mut runs = Vec::new();
+        let mut done = 0u64;
+        while done < buf.len() as u64 {
+            let pos = offset + done;
+            let run = self.map(GuestOffset(pos), buf.len() as u64 - done)?;
+            if run.len == 0 {
                 return Err(Error::corrupt(
                     format!("state {:?}", self.which),
                     format!("no mapping for guest offset {pos:#x}"),
                 ));
             }
-            let out = &mut buf[done..done + n];
+            let len = run.len.min(buf.len() as u64 - done);
+            runs.push(Run { len, ..run });
+            done += len;
+        }
+        let compressed: Vec<(HostOffset, u64)> = runs
+            .iter()
+            .filter_map(|r| match r.mapping {
+                Mapping::Compressed { host, len, .. } => Some((host, len)),
+                _ => None,
+            })
+            .collect();
+        let mut inflated = self.image.decompressed_all(compressed)?.into_iter();
+        let mut pos = offset;
+        let mut rest = &mut buf[..];
+        for run in runs {
+            let (out, tail) = rest.split_at_mut(run.len as usize);
+            rest = tail;
             match run.mapping {
                 Mapping::Zero => out.fill(0),
                 Mapping::Unallocated => match (&self.image.backing, use_backing) {
@@ -139,15 +164,17 @@ impl State {
                     let src = self.image.data_source();
                     src.read_exact_at(out, host.0, "data cluster")?;
                 }
-                Mapping::Compressed { host, len, within } => {
-                    let cluster = self.image.decompressed(host, len)?;
+                Mapping::Compressed { within, .. } => {
+                    let cluster = inflated
+                        .next()
+                        .expect("one inflated cluster per compressed run");
                     let slice = cluster
-                        .get(within as usize..within as usize + n)
+                        .get(within as usize..within as usize + out.len())
                         .ok_or_else(|| Error::corrupt("compressed cluster", "run past its end"))?;
                     out.copy_from_slice(slice);
                 }
             }
-            done += n;
+            pos += run.len;
         }
         Ok(())
     }
@@ -171,6 +198,11 @@ impl State {
         Ok(out)
     }
 }
+
+/// Bytes of a read mapped and inflated at once: two of the largest FUSE
+/// requests, so that the clusters inflated side by side stay few whatever
+/// the size of a read.
+const READ_WINDOW: usize = 2 << 20;
 
 /// True when mapping `next` continues a run that began with `first` and is
 /// `len` bytes long so far.
