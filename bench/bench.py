@@ -3,12 +3,13 @@
 
 Builds a realistic image set (2 GiB virtual, about 40% written in varied
 extents, an overlay on a qcow2 base with 3 snapshots and rewrites, zero
-writes and discards between them, and a zlib-compressed variant), then
+writes and discards between them, and zlib and zstd variants made with
+`qemu-img convert -c` from text-like data), then
 measures, median of RUNS (default 5) runs each, with the sources warm in
 the page cache:
 
   a. first reads (dd bs=1M iflag=direct) of active.raw, a snapshot view and
-     a zlib snapshot view, each on a mount made afresh for the run, against
+     zlib and zstd snapshot views, each on a mount made afresh for the run, against
      qemu-storage-daemon's FUSE export and qemu-nbd -l + nbdfuse (also
      started afresh) and qemu-img convert into null-co; then the same reads
      on a warm mount;
@@ -19,11 +20,13 @@ the page cache:
   d. ls -lR of a fresh mount against qemu-img check;
   e. random 4 KiB reads from 4 threads (fio) against the qsd export;
   f. peak RSS of the mount;
-  g. qcow2fs export of chain/ followed by sync, against the routine.
+  g. qcow2fs export of chain/ followed by sync, against the routine;
+  h. the zlib view's first read with each of flate2's inflate backends.
 
 Run as root from the repository: python3 bench/bench.py
 Needs qemu-utils (qemu-img, qemu-nbd, qemu-storage-daemon), libnbd-bin
-(nbdfuse), fio, fuse3. Environment: RUNS, WORKDIR, CACHE (mount cache size).
+(nbdfuse), fio, fuse3, and cmake for the zlib-ng backend. Environment: RUNS,
+WORKDIR, CACHE (mount cache size).
 """
 
 import os
@@ -74,6 +77,7 @@ def build(work):
     base = os.path.join(work, "images", "base.qcow2")
     vm = os.path.join(work, "images", "vm.qcow2")
     vmz = os.path.join(work, "images", "vmz.qcow2")
+    vmzs = os.path.join(work, "images", "vmzs.qcow2")
     os.makedirs(os.path.dirname(base), exist_ok=True)
     sh("qemu-img", "create", "-q", "-f", "qcow2", base, str(SIZE))
     qemu_io(base, [f"write -P {i % 250 + 1} {o} {n}" for i, (o, n) in enumerate(extents(rng, 0.22, 4096))])
@@ -84,19 +88,37 @@ def build(work):
         qemu_io(vm, [f"write -P {s * 40 + i % 40 + 1} {o} {n}" for i, (o, n) in enumerate(extents(rng, 0.06, 4096))] + zero() + disc())
         sh("qemu-img", "snapshot", "-c", f"s{s + 1}", vm)
     qemu_io(vm, [f"write -P 200 {o} {n}" for o, n in extents(rng, 0.04, 4096)])
-    # The compressed variant: compressed writes in whole clusters.
-    sh("qemu-img", "create", "-q", "-f", "qcow2", vmz, str(SIZE))
-    taken = set()
-    for s in range(3):
-        cmds = []
-        for o, n in extents(rng, 0.13, 65536, hi=2 * MIB):
-            for c in range(o, o + n, 65536):
-                if c not in taken:
-                    taken.add(c)
-                    cmds.append(f"write -c -P {s + 1} {c} 65536")
-        qemu_io(vmz, cmds)
-        sh("qemu-img", "snapshot", "-c", f"z{s + 1}", vmz)
-    return base, vm, vmz
+    # The compressed variants, as cloud images and backups are made: text-like
+    # guest data (deflate ratio about 2.5x) through `qemu-img convert -c`,
+    # rewritten in part and converted into the image again before each
+    # snapshot; once with zlib, once with zstd.
+    raw = os.path.join(work, "guest.raw")
+    block = text_like(rng, 16 * MIB)
+    written = extents(rng, 0.3, MIB, lo=MIB, hi=16 * MIB)
+    for img, kind in ((vmz, "zlib"), (vmzs, "zstd")):
+        with open(raw, "wb") as f:
+            f.truncate(SIZE)
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "-o", f"compression_type={kind}", img, str(SIZE))
+        for s in range(3):
+            with open(raw, "r+b") as f:
+                for o, n in written[s::3] if s else written:
+                    f.seek(o)
+                    for c in range(0, n, MIB):
+                        at = rng.randrange(0, len(block) - MIB)
+                        f.write(block[at:at + MIB])
+            sh("qemu-img", "convert", "-n", "-c", "-f", "raw", "-O", "qcow2", raw, img)
+            sh("qemu-img", "snapshot", "-c", f"z{s + 1}", img)
+    os.remove(raw)
+    return base, vm, vmz, vmzs
+
+
+def text_like(rng, n):
+    """n bytes of words from a small vocabulary: compresses like text."""
+    words = [bytes(rng.randrange(97, 123) for _ in range(rng.randint(2, 11))) for _ in range(4000)]
+    out = bytearray()
+    while len(out) < n:
+        out += b" ".join(rng.choices(words, k=4096)) + b"\n"
+    return bytes(out[:n])
 
 
 def median(fn):
@@ -135,10 +157,10 @@ def wait_mounted(mp, timeout=30):
 class Mount:
     """A foreground qcow2fs mount whose peak RSS we can read."""
 
-    def __init__(self, src, mp):
+    def __init__(self, src, mp, binary=BIN):
         os.makedirs(mp, exist_ok=True)
         self.mp = mp
-        self.proc = subprocess.Popen([BIN, "mount", "--cache-size", CACHE, src, mp])
+        self.proc = subprocess.Popen([binary, "mount", "--cache-size", CACHE, src, mp])
         MOUNTED.append(mp)
         wait_mounted(mp)
 
@@ -242,7 +264,7 @@ def main():
         sh("cargo", "build", "--release", cwd=ROOT)
     work = os.environ.get("WORKDIR") or tempfile.mkdtemp(prefix="qcow2fs-bench-", dir="/var/tmp")
     print(f"building images in {work} ...", flush=True)
-    base, vm, vmz = build(work)
+    base, vm, vmz, vmzs = build(work)
     src = os.path.dirname(vm)
     alloc = sh("qemu-img", "map", "--output=json", vm).count('"data": true')
     info = sh("qemu-img", "info", vm).splitlines()
@@ -267,7 +289,7 @@ def main():
     m = Mount(src, mnt)
     view = lambda *p: os.path.join(mnt, *p)
     # Warm the page cache with the sources.
-    for f in (base, vm, vmz):
+    for f in (base, vm, vmz, vmzs):
         dd(f, direct=False)
     mbps = lambda secs, n=SIZE: n / MIB / secs
 
@@ -276,8 +298,8 @@ def main():
 
     # First contact: every run on a mount (or peer export) made afresh, so
     # nothing of ours is cached; the sources are warm.
-    def fresh_read(*parts):
-        mm = Mount(src, os.path.join(work, "mnt-fresh"))
+    def fresh_read(*parts, binary=BIN):
+        mm = Mount(src, os.path.join(work, "mnt-fresh"), binary)
         t = dd(os.path.join(mm.mp, *parts))
         mm.stop()
         return t
@@ -300,6 +322,24 @@ def main():
                                       "--target-image-opts", f"driver=null-co,size={SIZE}")))
     r = report("a. zlib snapshot view, first read, fresh mount", zsnap1, "MiB/s", "convert -l to null-co", zconv)
     target("first read of a zlib snapshot view >= 1.0x qemu-img convert to null-co", r >= 1.0)
+    zssnap1 = mbps(median(lambda: fresh_read("vmzs.qcow2", "snapshots", "z2.raw")))
+    zsconv = mbps(median(lambda: timed("qemu-img", "convert", "-l", "snapshot.name=z2", vmzs, "-n",
+                                       "--target-image-opts", f"driver=null-co,size={SIZE}")))
+    r = report("a. zstd snapshot view, first read, fresh mount", zssnap1, "MiB/s", "convert -l to null-co", zsconv)
+    target("first read of a zstd snapshot view >= 1.0x qemu-img convert to null-co", r >= 1.0)
+    # flate2's inflate backends, each built into its own target folder: the
+    # zlib view's first read with each.
+    for backend in ("zlib-rs", "miniz-oxide", "zlib", "zlib-ng"):
+        tdir = os.path.join(ROOT, "target", f"inflate-{backend}")
+        try:
+            sh("cargo", "build", "--release", "--no-default-features", "--features", f"inflate-{backend}",
+               "--target-dir", tdir, cwd=ROOT)
+        except subprocess.CalledProcessError as e:
+            print(f"h. inflate backend {backend}: not built ({e.stderr.strip().splitlines()[-1:]})", flush=True)
+            continue
+        b = os.path.join(tdir, "release", "qcow2fs")
+        t = mbps(median(lambda: fresh_read("vmz.qcow2", "snapshots", "z2.raw", binary=b)))
+        report(f"h. zlib view, first read, {backend}", t, "MiB/s", "convert -l to null-co", zconv)
 
     # Warm: the same reads on a mount that has served them before.
     active = mbps(median(lambda: dd(view("vm.qcow2", "active.raw"))))
@@ -423,10 +463,10 @@ def main():
         mm.stop()
         return t
     ls_t = median(fresh_ls)
-    # The mount shows every image of the folder (base, vm, vmz): compare
-    # with qemu-img check of each of them.
-    chk = median(lambda: sum(timed("qemu-img", "check", i) for i in (base, vm, vmz)))
-    r = report("d. ls -lR of a fresh mount (3 images)", ls_t * 1000, "ms", "qemu-img check of each", chk * 1000,
+    # The mount shows every image of the folder: compare with qemu-img
+    # check of each of them.
+    chk = median(lambda: sum(timed("qemu-img", "check", i) for i in (base, vm, vmz, vmzs)))
+    r = report("d. ls -lR of a fresh mount (4 images)", ls_t * 1000, "ms", "qemu-img check of each", chk * 1000,
                higher_better=False)
     target("ls -lR <= 2x qemu-img check", ls_t <= 2 * chk)
 

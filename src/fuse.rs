@@ -128,10 +128,21 @@ impl Filesystem for Fs {
             fh.0,
             std::thread::current().id()
         );
-        match self.tree.read(fh.0, offset, size) {
-            Ok(b) => reply.data(&b),
-            Err(e) => reply.error(errno(&e)),
+        // One buffer per serving thread, kept between reads: a read is not
+        // paid for with a fresh, zeroed allocation of its size.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BUF.with_borrow_mut(|buf| {
+            let size = size as usize;
+            if buf.len() < size {
+                buf.resize(size, 0);
+            }
+            match self.tree.read(fh.0, offset, &mut buf[..size]) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn release(

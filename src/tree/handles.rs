@@ -159,8 +159,9 @@ impl Tree {
         Ok((view, entry))
     }
 
-    /// Read up to `size` bytes at `offset` from an open file.
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    /// Read up to `buf.len()` bytes at `offset` from an open file into
+    /// `buf`, which may hold anything beforehand.
+    pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let h = self.handle(fh)?;
         let node = h.lock().node.clone();
         let result = (|| {
@@ -168,9 +169,7 @@ impl Tree {
                 let g = h.lock();
                 (Arc::clone(&g.view), g.entry.clone())
             };
-            let mut buf = vec![0u8; size as usize];
-            let n = view.read_at(&mut buf, offset)?;
-            buf.truncate(n);
+            let n = view.read_at(buf, offset)?;
             // Validate after the read, with one stat: if the image changed
             // since the view was resolved, the bytes may be stale or mix two
             // versions. A file that never changes while it exists is read
@@ -186,21 +185,18 @@ impl Tree {
                     });
                 }
                 let (view, _) = self.current_view(&h)?;
-                let mut buf = vec![0u8; size as usize];
-                let n = view.read_at(&mut buf, offset)?;
-                buf.truncate(n);
-                return Ok(buf);
+                return view.read_at(buf, offset);
             }
-            Ok(buf)
+            Ok(n)
         })();
-        if let Ok(buf) = &result {
-            self.hash_read(&h, offset, buf);
-        }
-        if let Err(e) = &result {
-            if let (Some(rel), Some(entry)) = (image_of(&node), h.lock().entry.clone()) {
-                entry.log_once(&self.root.join(rel), e);
-            } else {
-                log::warn!("{node:?}: {e}");
+        match &result {
+            Ok(n) => self.hash_read(&h, offset, &buf[..*n]),
+            Err(e) => {
+                if let (Some(rel), Some(entry)) = (image_of(&node), h.lock().entry.clone()) {
+                    entry.log_once(&self.root.join(rel), e);
+                } else {
+                    log::warn!("{node:?}: {e}");
+                }
             }
         }
         result
