@@ -109,7 +109,7 @@ def build(work):
             # Compressed writes go to unallocated clusters only: the active
             # state lets go of its clusters (the snapshots keep theirs) and
             # is converted into again.
-            qemu_io(img, [f"discard 0 {SIZE}"])
+            qemu_io(img, [f"discard {o} {GIB}" for o in range(0, SIZE, GIB)])
             sh("qemu-img", "convert", "-n", "-c", "-f", "raw", "-O", "qcow2", raw, img)
             sh("qemu-img", "snapshot", "-c", f"z{s + 1}", img)
     os.remove(raw)
