@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
@@ -25,7 +26,8 @@ const MAX_PENDING_BYTES: usize = 64 << 20;
 /// Bytes read at a time when hashing a file that was not hashed as it was
 /// read, or when writing one out.
 const HASH_CHUNK: usize = 1 << 20;
-/// Chunks queued for the hashing thread while a file is written out.
+/// Chunks queued for a hashing thread (while a file is written out, or
+/// reads of a mounted file wait to be hashed).
 const HASH_QUEUE: usize = 4;
 
 /// A SHA-256 digest.
@@ -133,6 +135,65 @@ pub fn write_hashed(
             source: std::io::Error::other("the hashing thread failed"),
         })
     })
+}
+
+/// Most files hashed on threads of their own at once; a file opened past
+/// it is hashed when the sums are read instead.
+const MAX_HASH_THREADS: usize = 16;
+
+static HASH_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// A [`StreamHash`] on a thread of its own: reads hand over their bytes and
+/// are answered at once, while SHA-256 runs beside them on another core.
+pub struct HashThread {
+    feed: mpsc::SyncSender<(u64, Vec<u8>)>,
+    thread: std::thread::JoinHandle<Option<Sha256Digest>>,
+}
+
+impl HashThread {
+    /// Start hashing a file of `size` bytes; None when too many files are
+    /// being hashed already or no thread can be started.
+    pub fn start(size: u64) -> Option<HashThread> {
+        if HASH_THREADS.fetch_add(1, Ordering::Relaxed) >= MAX_HASH_THREADS {
+            HASH_THREADS.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let (feed, reads) = mpsc::sync_channel::<(u64, Vec<u8>)>(HASH_QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("sha256".into())
+            .spawn(move || {
+                let mut hash = StreamHash::default();
+                let mut digest = hash.digest(size);
+                for (offset, bytes) in reads {
+                    hash.feed(offset, &bytes);
+                    digest = hash.digest(size);
+                    if digest.is_some() {
+                        break;
+                    }
+                }
+                HASH_THREADS.fetch_sub(1, Ordering::Relaxed);
+                digest
+            });
+        match spawned {
+            Ok(thread) => Some(HashThread { feed, thread }),
+            Err(_) => {
+                HASH_THREADS.fetch_sub(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Where reads send their bytes, at their offset; a clone, to send
+    /// without holding a lock. A send fails once the file is hashed whole.
+    pub fn feeder(&self) -> mpsc::SyncSender<(u64, Vec<u8>)> {
+        self.feed.clone()
+    }
+
+    /// Stop feeding, and the digest once every byte was hashed.
+    pub fn finish(self) -> Option<Sha256Digest> {
+        drop(self.feed);
+        self.thread.join().ok().flatten()
+    }
 }
 
 /// Hashes a file from the reads made of it, in whatever order they come.

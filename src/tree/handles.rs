@@ -100,7 +100,7 @@ impl Tree {
         // its bytes come from is the version it was last opened at.
         let keep = immutable(&node) || self.unchanged_since_last_open(ino, &node, entry.as_deref());
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let hashing = self.start_hashing(&node, entry.as_deref());
+        let hashing = self.start_hashing(&node, entry.as_deref(), view.size());
         let handle = Handle {
             node,
             view,
@@ -113,7 +113,13 @@ impl Tree {
 
     /// Forget an open handle.
     pub fn release(&self, fh: u64) {
-        self.handles.lock().remove(&fh);
+        let Some(h) = self.handles.lock().remove(&fh) else {
+            return;
+        };
+        let mut g = h.lock();
+        if let Some(hashing) = g.hashing.take() {
+            self.finish_hashing(&g, hashing);
+        }
     }
 
     pub(super) fn handle(&self, fh: u64) -> Result<Arc<Mutex<Handle>>> {

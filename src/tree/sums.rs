@@ -16,7 +16,7 @@ use super::handles::Handle;
 use super::node::Node;
 use crate::chain::{self, Direction};
 use crate::error::Result;
-use crate::sums::{self, Sha256Digest, StreamHash};
+use crate::sums::{self, HashThread, Sha256Digest};
 
 /// Digests of chain folder files, each with the stamps of the sources it
 /// was computed from. One entry per file of a chain folder: bounded by the
@@ -112,7 +112,12 @@ impl Tree {
 
     /// Hashing for a handle of a file that `SHA256SUMS` lists: the stamps
     /// of its sources as it is opened, and the hash of what is read.
-    pub(super) fn start_hashing(&self, node: &Node, e: Option<&ImageEntry>) -> Option<Hashing> {
+    pub(super) fn start_hashing(
+        &self,
+        node: &Node,
+        e: Option<&ImageEntry>,
+        size: u64,
+    ) -> Option<Hashing> {
         if !matches!(node, Node::Layer(..) | Node::Pass(..) | Node::Manifest(..)) {
             return None;
         }
@@ -122,39 +127,47 @@ impl Tree {
             .lock()
             .get(node)
             .is_some_and(|(s, _)| *s == stamps);
-        (!known).then(|| Hashing {
+        if known {
+            return None;
+        }
+        Some(Hashing {
             stamps,
-            hash: StreamHash::default(),
+            thread: HashThread::start(size)?,
         })
     }
 
-    /// Take a read's bytes into the handle's hash; once the whole file has
-    /// been read, remember its digest if its sources did not change meanwhile.
+    /// Hand a read's bytes to the handle's hashing thread.
     pub(super) fn hash_read(&self, h: &Arc<Mutex<Handle>>, offset: u64, bytes: &[u8]) {
-        let mut g = h.lock();
-        let size = g.view.size();
-        let done = match g.hashing.as_mut() {
-            Some(hs) => {
-                hs.hash.feed(offset, bytes);
-                hs.hash.digest(size).map(|d| (hs.stamps.clone(), d))
-            }
+        let feed = match &h.lock().hashing {
+            Some(hs) => hs.thread.feeder(),
             None => return,
         };
-        let Some((stamps, d)) = done else { return };
-        g.hashing = None;
-        let node = g.node.clone();
-        let entry = g.entry.clone();
-        drop(g);
-        if self.source_stamps(&node, entry.as_deref()).as_ref() == Some(&stamps) {
-            self.digests.lock().insert(node, (stamps, d));
+        // Fails once the file was hashed whole: nothing more to take.
+        let _ = feed.send((offset, bytes.to_vec()));
+    }
+
+    /// As a handle is closed: if the whole file was read, remember its
+    /// digest, unless its sources changed meanwhile.
+    pub(super) fn finish_hashing(&self, handle: &Handle, hashing: Hashing) {
+        let Some(d) = hashing.thread.finish() else {
+            return;
+        };
+        if self
+            .source_stamps(&handle.node, handle.entry.as_deref())
+            .as_ref()
+            == Some(&hashing.stamps)
+        {
+            self.digests
+                .lock()
+                .insert(handle.node.clone(), (hashing.stamps, d));
         }
     }
 }
 
-/// A handle's hash of what has been read of it.
+/// A handle's hash of what is read of it, taken on a thread of its own.
 pub(super) struct Hashing {
     stamps: Vec<Stamp>,
-    hash: StreamHash,
+    thread: HashThread,
 }
 
 /// A new, empty digest memo.
