@@ -145,37 +145,50 @@ static HASH_THREADS: AtomicUsize = AtomicUsize::new(0);
 
 /// A [`StreamHash`] on a thread of its own: reads hand over their bytes and
 /// are answered at once, while SHA-256 runs beside them on another core.
+/// Once every byte is hashed, the thread hands the digest to `done`.
 pub struct HashThread {
-    feed: mpsc::SyncSender<(u64, Vec<u8>)>,
-    thread: std::thread::JoinHandle<Option<Sha256Digest>>,
+    feed: mpsc::SyncSender<HashMsg>,
+    size: u64,
+}
+
+/// What a hashing thread is sent.
+enum HashMsg {
+    /// The bytes a read returned at an offset.
+    Read(u64, Vec<u8>),
+    /// Answer once everything sent before is hashed.
+    Flush(mpsc::Sender<()>),
 }
 
 impl HashThread {
     /// Start hashing a file of `size` bytes; None when too many files are
     /// being hashed already or no thread can be started.
-    pub fn start(size: u64) -> Option<HashThread> {
+    pub fn start(size: u64, done: Box<dyn FnOnce(Sha256Digest) + Send>) -> Option<HashThread> {
         if HASH_THREADS.fetch_add(1, Ordering::Relaxed) >= MAX_HASH_THREADS {
             HASH_THREADS.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        let (feed, reads) = mpsc::sync_channel::<(u64, Vec<u8>)>(HASH_QUEUE);
+        let (feed, msgs) = mpsc::sync_channel::<HashMsg>(HASH_QUEUE);
         let spawned = std::thread::Builder::new()
             .name("sha256".into())
             .spawn(move || {
                 let mut hash = StreamHash::default();
-                let mut digest = hash.digest(size);
-                for (offset, bytes) in reads {
-                    hash.feed(offset, &bytes);
-                    digest = hash.digest(size);
-                    if digest.is_some() {
-                        break;
+                let mut done = Some(done);
+                for msg in msgs {
+                    match msg {
+                        HashMsg::Read(offset, bytes) => hash.feed(offset, &bytes),
+                        // The asker may have gone: nothing to tell.
+                        HashMsg::Flush(answer) => drop(answer.send(())),
+                    }
+                    if let Some(d) = hash.digest(size)
+                        && let Some(done) = done.take()
+                    {
+                        done(d);
                     }
                 }
                 HASH_THREADS.fetch_sub(1, Ordering::Relaxed);
-                digest
             });
         match spawned {
-            Ok(thread) => Some(HashThread { feed, thread }),
+            Ok(_) => Some(HashThread { feed, size }),
             Err(_) => {
                 HASH_THREADS.fetch_sub(1, Ordering::Relaxed);
                 None
@@ -183,16 +196,19 @@ impl HashThread {
         }
     }
 
-    /// Where reads send their bytes, at their offset; a clone, to send
-    /// without holding a lock. A send fails once the file is hashed whole.
-    pub fn feeder(&self) -> mpsc::SyncSender<(u64, Vec<u8>)> {
-        self.feed.clone()
-    }
-
-    /// Stop feeding, and the digest once every byte was hashed.
-    pub fn finish(self) -> Option<Sha256Digest> {
-        drop(self.feed);
-        self.thread.join().ok().flatten()
+    /// Hand over the bytes a read returned at `offset`. The read that
+    /// reaches the end of the file waits until they are hashed, so that the
+    /// digest is known by the time the reader closes the file (and reads
+    /// `SHA256SUMS`, perhaps, before its close reaches the mount).
+    pub fn feed(&self, offset: u64, bytes: &[u8]) {
+        // Sends fail only once the thread is gone: nothing more to take.
+        let _ = self.feed.send(HashMsg::Read(offset, bytes.to_vec()));
+        if offset + bytes.len() as u64 >= self.size {
+            let (answer, answered) = mpsc::channel();
+            if self.feed.send(HashMsg::Flush(answer)).is_ok() {
+                let _ = answered.recv();
+            }
+        }
     }
 }
 

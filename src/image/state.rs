@@ -165,9 +165,10 @@ impl State {
                     src.read_exact_at(out, host.0, "data cluster")?;
                 }
                 Mapping::Compressed { within, .. } => {
-                    let cluster = inflated
-                        .next()
-                        .expect("one inflated cluster per compressed run");
+                    // One inflated cluster per compressed run, in order.
+                    let cluster = inflated.next().ok_or_else(|| {
+                        Error::corrupt("compressed cluster", "no inflated cluster for its run")
+                    })?;
                     let slice = cluster
                         .get(within as usize..within as usize + out.len())
                         .ok_or_else(|| Error::corrupt("compressed cluster", "run past its end"))?;

@@ -1,7 +1,7 @@
 //! Freshness: the mtime a file shows (so that rsync's quick check never
 //! skips a changed file) and whether the kernel may keep its cached pages.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::Tree;
@@ -63,35 +63,60 @@ impl Tree {
         same
     }
 
-    /// The stamps of the files a node's bytes are read from: the image and
-    /// its backing files, or the plain file itself. None when one of them
-    /// cannot be examined, and for `info`, which also reports whether the
-    /// image is in use.
+    /// The files a node's bytes are read from: the image and its backing
+    /// files, or the plain file itself. None for `info`, which also
+    /// reports whether the image is in use.
+    pub(super) fn sources(&self, node: &Node, entry: Option<&ImageEntry>) -> Option<Sources> {
+        match (node, entry) {
+            (Node::Info(..), _) => None,
+            (Node::Plain(rel), _) => Some(Sources {
+                opened: None,
+                files: vec![self.root.join(rel)],
+            }),
+            (Node::Pass(.., path), _) => Some(Sources {
+                opened: None,
+                files: vec![path.clone()],
+            }),
+            (_, Some(e)) => Some(Sources {
+                opened: Some(e.stamp),
+                files: e.backing_files().iter().map(|p| p.path.clone()).collect(),
+            }),
+            (_, None) => None,
+        }
+    }
+
+    /// The stamps of the files a node's bytes are read from; None when one
+    /// of them cannot be examined (see [`Tree::sources`]).
     pub(super) fn source_stamps(
         &self,
         node: &Node,
         entry: Option<&ImageEntry>,
     ) -> Option<Vec<Stamp>> {
-        let stamp = |p: &Path| std::fs::metadata(p).ok().map(|m| Stamp::of(&m));
-        match (node, entry) {
-            (Node::Info(..), _) => None,
-            (Node::Plain(rel), _) => Some(vec![stamp(&self.root.join(rel))?]),
-            (Node::Pass(.., path), _) => Some(vec![stamp(path)?]),
-            (_, Some(e)) => {
-                let mut out = vec![e.stamp];
-                for p in e.backing_files() {
-                    out.push(stamp(&p.path)?);
-                }
-                Some(out)
-            }
-            (_, None) => None,
-        }
+        self.sources(node, entry)?.stamps()
     }
 
     /// True when the image at `rel` is still the version `e` opened (one
     /// stat; resolution and the IMAGE_DIR check happen on a mismatch).
     pub(super) fn unchanged(&self, e: &ImageEntry, rel: &Path) -> bool {
         std::fs::metadata(self.root.join(rel)).is_ok_and(|m| Stamp::of(&m) == e.stamp)
+    }
+}
+
+/// What a file's bytes come from: the image opening it was resolved
+/// from, and the files examined afresh each time.
+pub(super) struct Sources {
+    opened: Option<Stamp>,
+    files: Vec<PathBuf>,
+}
+
+impl Sources {
+    /// Their stamps now; None when a file cannot be examined.
+    pub(super) fn stamps(&self) -> Option<Vec<Stamp>> {
+        let mut out: Vec<Stamp> = self.opened.into_iter().collect();
+        for p in &self.files {
+            out.push(Stamp::of(&std::fs::metadata(p).ok()?));
+        }
+        Some(out)
     }
 }
 

@@ -10,9 +10,9 @@ use parking_lot::Mutex;
 use super::Tree;
 use super::entry::ImageEntry;
 use super::node::{Node, StateKey, image_of, immutable};
-use super::sums::Hashing;
 use crate::error::{Error, Result};
 use crate::image::{StateId, VmState};
+use crate::sums::HashThread;
 use crate::view::{RawView, View};
 
 /// A file node resolved to the view that serves it, and the opening of the
@@ -23,8 +23,8 @@ pub(super) struct Handle {
     pub(super) node: Node,
     pub(super) view: Arc<dyn View>,
     pub(super) entry: Option<Arc<ImageEntry>>,
-    /// The hash of what is read, for a file that `SHA256SUMS` lists.
-    pub(super) hashing: Option<Hashing>,
+    /// The hashing of what is read, for a file that `SHA256SUMS` lists.
+    pub(super) hashing: Option<Arc<HashThread>>,
 }
 
 impl Tree {
@@ -100,7 +100,9 @@ impl Tree {
         // its bytes come from is the version it was last opened at.
         let keep = immutable(&node) || self.unchanged_since_last_open(ino, &node, entry.as_deref());
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let hashing = self.start_hashing(&node, entry.as_deref(), view.size());
+        let hashing = self
+            .start_hashing(&node, entry.as_deref(), view.size())
+            .map(Arc::new);
         let handle = Handle {
             node,
             view,
@@ -113,13 +115,7 @@ impl Tree {
 
     /// Forget an open handle.
     pub fn release(&self, fh: u64) {
-        let Some(h) = self.handles.lock().remove(&fh) else {
-            return;
-        };
-        let mut g = h.lock();
-        if let Some(hashing) = g.hashing.take() {
-            self.finish_hashing(&g, hashing);
-        }
+        self.handles.lock().remove(&fh);
     }
 
     pub(super) fn handle(&self, fh: u64) -> Result<Arc<Mutex<Handle>>> {

@@ -110,18 +110,20 @@ impl Tree {
         Ok(d)
     }
 
-    /// Hashing for a handle of a file that `SHA256SUMS` lists: the stamps
-    /// of its sources as it is opened, and the hash of what is read.
+    /// Hashing for a handle of a file that `SHA256SUMS` lists: what is read
+    /// of it is hashed on a thread of its own, and once the whole file was
+    /// read, its digest is remembered, unless its sources changed meanwhile.
     pub(super) fn start_hashing(
         &self,
         node: &Node,
         e: Option<&ImageEntry>,
         size: u64,
-    ) -> Option<Hashing> {
+    ) -> Option<HashThread> {
         if !matches!(node, Node::Layer(..) | Node::Pass(..) | Node::Manifest(..)) {
             return None;
         }
-        let stamps = self.source_stamps(node, e)?;
+        let sources = self.sources(node, e)?;
+        let stamps = sources.stamps()?;
         let known = self
             .digests
             .lock()
@@ -130,44 +132,25 @@ impl Tree {
         if known {
             return None;
         }
-        Some(Hashing {
-            stamps,
-            thread: HashThread::start(size)?,
-        })
+        let digests = Arc::clone(&self.digests);
+        let node = node.clone();
+        HashThread::start(
+            size,
+            Box::new(move |d| {
+                if sources.stamps().as_ref() == Some(&stamps) {
+                    digests.lock().insert(node, (stamps, d));
+                }
+            }),
+        )
     }
 
     /// Hand a read's bytes to the handle's hashing thread.
     pub(super) fn hash_read(&self, h: &Arc<Mutex<Handle>>, offset: u64, bytes: &[u8]) {
-        let feed = match &h.lock().hashing {
-            Some(hs) => hs.thread.feeder(),
-            None => return,
-        };
-        // Fails once the file was hashed whole: nothing more to take.
-        let _ = feed.send((offset, bytes.to_vec()));
-    }
-
-    /// As a handle is closed: if the whole file was read, remember its
-    /// digest, unless its sources changed meanwhile.
-    pub(super) fn finish_hashing(&self, handle: &Handle, hashing: Hashing) {
-        let Some(d) = hashing.thread.finish() else {
-            return;
-        };
-        if self
-            .source_stamps(&handle.node, handle.entry.as_deref())
-            .as_ref()
-            == Some(&hashing.stamps)
-        {
-            self.digests
-                .lock()
-                .insert(handle.node.clone(), (hashing.stamps, d));
+        let hashing = h.lock().hashing.clone();
+        if let Some(t) = hashing {
+            t.feed(offset, bytes);
         }
     }
-}
-
-/// A handle's hash of what is read of it, taken on a thread of its own.
-pub(super) struct Hashing {
-    stamps: Vec<Stamp>,
-    thread: HashThread,
 }
 
 /// A new, empty digest memo.
