@@ -41,14 +41,18 @@ impl State {
     /// exist, not to the virtual size. Offsets past the L1 table are
     /// unallocated (they can only be reached for VM state).
     pub fn map(&self, guest: GuestOffset, max_len: u64) -> Result<Run> {
+        match self.table_at(guest, max_len)? {
+            Table::Unused(run) => Ok(run),
+            Table::L2(t) => self.run_in(&t, guest, max_len.min(t.end - guest.0)),
+        }
+    }
+
+    /// The L2 table that maps `guest`, or the run of unused L1 entries
+    /// (at most `max_len` bytes) it lies in.
+    fn table_at(&self, guest: GuestOffset, max_len: u64) -> Result<Table> {
         let h = self.image.header();
-        let cb = h.cluster_bits;
-        let cs = h.cluster_size();
         let coverage = h.l1_coverage();
         let l1_index = guest.0 / coverage;
-        let want = max_len;
-        let to_table_end = coverage - guest.0 % coverage;
-        let max_len = max_len.min(to_table_end);
         let l1_what = || match self.which {
             StateId::Active => format!(
                 "active L1 table at {:#x}: entry {l1_index}",
@@ -57,39 +61,53 @@ impl State {
             StateId::Snapshot(i) => format!("L1 table of snapshot #{i}: entry {l1_index}"),
         };
         let l1_entry = self.l1.get(l1_index);
-        let Some(l2_offset) = cluster::decode_l1(l1_entry, cb, &l1_what)? else {
+        let Some(l2_offset) = cluster::decode_l1(l1_entry, h.cluster_bits, &l1_what)? else {
             // Skip every following unused entry too.
             let next_used = self
                 .l1
                 .next_used(l1_index)
                 .and_then(|(j, _)| j.checked_mul(coverage));
             let len = match next_used {
-                Some(end) => want.min(end - guest.0),
-                None => want,
+                Some(end) => max_len.min(end - guest.0),
+                None => max_len,
             };
-            return Ok(Run {
+            return Ok(Table::Unused(Run {
                 mapping: Mapping::Unallocated,
                 len,
-            });
+            }));
         };
         let l2_what = || format!("L2 table at {l2_offset} (L1[{l1_index}])");
-        let table = self.image.l2_table(l2_offset, &l2_what)?;
+        Ok(Table::L2(L2At {
+            entries: self.image.l2_table(l2_offset, &l2_what)?,
+            offset: l2_offset,
+            l1_index,
+            end: (guest.0 - guest.0 % coverage).saturating_add(coverage),
+        }))
+    }
+
+    /// The run starting at `guest`, at most `max_len` long and inside the
+    /// coverage of `t`, that has one mapping.
+    fn run_in(&self, t: &L2At, guest: GuestOffset, max_len: u64) -> Result<Run> {
+        let h = self.image.header();
+        let cs = h.cluster_size();
         let sc_size = if h.extended_l2() {
             cs / u64::from(SUBCLUSTERS)
         } else {
             cs
         };
         let mut pos = guest.0;
-        // A run ends within its L2 table's coverage, so this cannot pass
-        // the end of the address space unless the request does.
         let end = guest.0.saturating_add(max_len);
         let mut first: Option<Mapping> = None;
         let mut len = 0u64;
         while pos < end {
             let l2_index = (pos / cs) % h.l2_entries();
-            let entry_what =
-                || format!("L2 table at {l2_offset} (L1[{l1_index}]): entry {l2_index}");
-            let entry = self.image.l2_entry(&table, l2_index, &entry_what)?;
+            let entry_what = || {
+                format!(
+                    "L2 table at {} (L1[{}]): entry {l2_index}",
+                    t.offset, t.l1_index
+                )
+            };
+            let entry = self.image.l2_entry(&t.entries, l2_index, &entry_what)?;
             let in_cluster = pos & (cs - 1);
             let in_sc = in_cluster % sc_size;
             let piece = (sc_size - in_sc).min(end - pos);
@@ -180,24 +198,53 @@ impl State {
         Ok(())
     }
 
-    /// The runs of this image's own mapping over `[offset, offset + len)`.
+    /// The runs of this image's own mapping over `[offset, offset + len)`;
+    /// each L2 table is looked up once for all the runs inside it.
     pub fn runs(&self, offset: u64, len: u64) -> Result<Vec<Run>> {
         let mut out: Vec<Run> = Vec::new();
         let end = offset.saturating_add(len);
         let mut pos = offset;
         while pos < end {
-            let run = self.map(GuestOffset(pos), end - pos)?;
-            if run.len == 0 {
-                break;
-            }
-            match out.last_mut() {
+            let mut push = |run: Run| match out.last_mut() {
                 Some(last) if continues(last.mapping, last.len, run.mapping) => last.len += run.len,
                 _ => out.push(run),
+            };
+            match self.table_at(GuestOffset(pos), end - pos)? {
+                Table::Unused(run) if run.len > 0 => {
+                    pos += run.len;
+                    push(run);
+                }
+                Table::Unused(_) => break,
+                Table::L2(t) => {
+                    let stop = end.min(t.end);
+                    while pos < stop {
+                        let run = self.run_in(&t, GuestOffset(pos), stop - pos)?;
+                        if run.len == 0 {
+                            return Ok(out);
+                        }
+                        pos += run.len;
+                        push(run);
+                    }
+                }
             }
-            pos += run.len;
         }
         Ok(out)
     }
+}
+
+/// What maps a guest offset: an L2 table, or nothing for a run of unused
+/// L1 entries.
+enum Table {
+    Unused(Run),
+    L2(L2At),
+}
+
+/// An L2 table, where it is, and the end of the guest bytes it maps.
+struct L2At {
+    entries: Arc<Vec<u64>>,
+    offset: HostOffset,
+    l1_index: u64,
+    end: u64,
 }
 
 /// Bytes of a read mapped and inflated at once: two of the largest FUSE
@@ -245,8 +292,7 @@ impl View for State {
         let end = offset.saturating_add(len).min(self.size);
         let mut out = Vec::new();
         let mut pos = offset;
-        while pos < end {
-            let run = self.map(GuestOffset(pos), end - pos)?;
+        for run in self.runs(offset, end.saturating_sub(offset))? {
             match run.mapping {
                 Mapping::Data(_) | Mapping::Compressed { .. } => {
                     push_extent(&mut out, pos, run.len, ExtentKind::Data)
