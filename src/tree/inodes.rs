@@ -9,6 +9,8 @@
 //! only the nodes the kernel knows: each lookup counts one reference, and a
 //! node is dropped when the kernel forgets its last. Two names whose hashes
 //! meet take the next free number. Inode 1 is the root, never forgotten.
+//! `SHA256SUMS` files are numbered above every other node (see
+//! `SUMS_FIRST`).
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -24,7 +26,12 @@ pub const ROOT_INO: u64 = 1;
 /// Numbers from here up are derived from node names (0 is invalid, 1 the
 /// root), below 2^63 so that no tool mistakes them for negative.
 const FIRST_DERIVED: u64 = 2;
-const DERIVED_SPAN: u64 = (1 << 63) - FIRST_DERIVED;
+/// `SHA256SUMS` files take their numbers from the upper half of the range,
+/// every other node from the lower: a copy that goes through a folder in
+/// inode order (GNU cp does) reads the files it lists, and so hashes them,
+/// before it reads the sums.
+const SUMS_FIRST: u64 = 1 << 62;
+const DERIVED_END: u64 = 1 << 63;
 
 #[derive(Default)]
 struct Table {
@@ -39,11 +46,16 @@ impl Table {
         if let Some(&i) = self.by_node.get(node) {
             return i;
         }
+        let (first, end) = match node {
+            Node::Sums(..) => (SUMS_FIRST, DERIVED_END),
+            _ => (FIRST_DERIVED, SUMS_FIRST),
+        };
+        let span = end - first;
         let mut h = DefaultHasher::new();
         node.hash(&mut h);
-        let mut ino = FIRST_DERIVED + h.finish() % DERIVED_SPAN;
+        let mut ino = first + h.finish() % span;
         while self.by_ino.contains_key(&ino) {
-            ino = FIRST_DERIVED + (ino - FIRST_DERIVED + 1) % DERIVED_SPAN;
+            ino = first + (ino - first + 1) % span;
         }
         ino
     }
@@ -120,5 +132,29 @@ impl Inodes {
     /// Nodes held.
     pub(super) fn len(&self) -> usize {
         self.table.lock().by_ino.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::Direction;
+    use std::path::PathBuf;
+
+    #[test]
+    fn sums_are_numbered_above_the_files_they_list() {
+        let t = Inodes::new(Node::Plain(PathBuf::new()));
+        for i in 0..200 {
+            let rel = PathBuf::from(format!("vm{i}.qcow2"));
+            for dir in [Direction::Reverse, Direction::Forward] {
+                let sums = t.number(&Node::Sums(rel.clone(), dir));
+                let manifest = t.number(&Node::Manifest(rel.clone(), dir));
+                assert!((SUMS_FIRST..DERIVED_END).contains(&sums), "{sums}");
+                assert!(
+                    (FIRST_DERIVED..SUMS_FIRST).contains(&manifest),
+                    "{manifest}"
+                );
+            }
+        }
     }
 }

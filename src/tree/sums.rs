@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -83,25 +84,59 @@ impl Tree {
         Ok((size, mtime))
     }
 
-    /// The bytes of `SHA256SUMS`, hashing whatever was not hashed yet.
+    /// The bytes of `SHA256SUMS`, hashing whatever was not hashed yet: the
+    /// files are hashed side by side, one per core (a reader that takes
+    /// `SHA256SUMS` first, as rsync does, waits for all of them).
     pub(super) fn sums_bytes(&self, e: &ImageEntry, rel: &Path, dir: Direction) -> Result<Vec<u8>> {
+        let files = self.chain_files(rel, dir)?;
+        let digests: Vec<Mutex<Option<Result<Sha256Digest>>>> = files
+            .iter()
+            .map(|(_, node)| Mutex::new(self.known_digest(e, node).map(Ok)))
+            .collect();
+        let unknown: Vec<usize> = (0..files.len())
+            .filter(|&i| digests[i].lock().is_none())
+            .collect();
+        let next = AtomicUsize::new(0);
+        let work = || {
+            while let Some(&i) = unknown.get(next.fetch_add(1, Ordering::Relaxed)) {
+                *digests[i].lock() = Some(self.digest(e, &files[i].1));
+            }
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(unknown.len());
+        std::thread::scope(|s| {
+            for _ in 1..threads {
+                s.spawn(work);
+            }
+            work();
+        });
         let mut lines = Vec::new();
-        for (name, node) in self.chain_files(rel, dir)? {
-            let digest = self.digest(e, &node)?;
+        for ((name, node), digest) in files.iter().zip(digests) {
+            let digest = digest
+                .into_inner()
+                .unwrap_or_else(|| self.digest(e, node))?;
             lines.push((name.to_string_lossy().into_owned(), digest));
         }
         Ok(sums::text(&lines).into_bytes())
     }
 
+    /// The digest of a chain folder file, if it is remembered for its
+    /// sources as they are now.
+    fn known_digest(&self, e: &ImageEntry, node: &Node) -> Option<Sha256Digest> {
+        let stamps = self.source_stamps(node, Some(e))?;
+        match self.digests.lock().get(node) {
+            Some((known, d)) if *known == stamps => Some(*d),
+            _ => None,
+        }
+    }
+
     /// The digest of one chain folder file, remembered or computed.
     fn digest(&self, e: &ImageEntry, node: &Node) -> Result<Sha256Digest> {
-        let stamps = self.source_stamps(node, Some(e));
-        if let Some(s) = &stamps
-            && let Some((known, d)) = self.digests.lock().get(node)
-            && known == s
-        {
-            return Ok(*d);
+        if let Some(d) = self.known_digest(e, node) {
+            return Ok(d);
         }
+        let stamps = self.source_stamps(node, Some(e));
         let (view, _) = self.view(node)?;
         let d = sums::hash_view(&*view)?;
         if let Some(s) = stamps {
