@@ -14,7 +14,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
 
 use serde_json::json;
 
@@ -25,7 +28,7 @@ use crate::layer::{BackingRef, ClusterMap, Layer};
 use crate::names::snapshot_stems;
 use crate::qcow2::header::Header;
 use crate::source::SourceFile;
-use crate::sums::{self, SUMS_NAME};
+use crate::sums::{self, SUMS_NAME, Sha256Digest};
 use crate::view::View;
 
 /// Which chain.
@@ -309,7 +312,7 @@ pub fn export(
     dir: Direction,
     out: &Path,
     force: bool,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<()> {
     use sha2::{Digest, Sha256};
     let specs = layers(image, dir);
@@ -350,14 +353,41 @@ pub fn export(
         ));
     }
     let total: u64 = views.iter().map(|v| v.1.size()).sum();
-    let mut done = 0u64;
+    // Files are written side by side, one per core, largest first: each is
+    // bound by its own SHA-256 thread, which one core runs at 1.8 GB/s.
+    let mut order: Vec<usize> = (0..views.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(views[i].1.size()));
+    let done = AtomicU64::new(0);
+    let progress = Mutex::new(progress);
+    let next = AtomicUsize::new(0);
+    let written: Vec<Mutex<Option<Result<Sha256Digest>>>> =
+        views.iter().map(|_| Mutex::new(None)).collect();
+    let work = || {
+        while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let (name, v) = &views[i];
+            let digest = sums::write_hashed(&**v, &out.join(name), &mut |n| {
+                let d = done.fetch_add(n, Ordering::Relaxed) + n;
+                (progress.lock())(d, total);
+            });
+            *written[i].lock() = Some(digest);
+        }
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(views.len());
+    std::thread::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(work);
+        }
+        work();
+    });
     let mut digests = Vec::new();
-    for (name, v) in &views {
-        let path = out.join(name);
-        let digest = sums::write_hashed(&**v, &path, &mut |n| {
-            done += n;
-            progress(done, total);
-        })?;
+    for ((name, _), digest) in views.iter().zip(written) {
+        let digest = digest.into_inner().ok_or_else(|| Error::Io {
+            what: "export".into(),
+            path: out.join(name),
+            source: std::io::Error::other("the file was not written"),
+        })??;
         digests.push((name.clone(), digest));
     }
     let m = format!("{:#}\n", manifest(image, &specs, &figures));
