@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -26,6 +26,7 @@ use crate::image::{Image, StateId, is_qcow2, resolve_name};
 use crate::layer::plan::PlanStats;
 use crate::layer::{BackingRef, ClusterMap, Layer};
 use crate::names::snapshot_stems;
+use crate::parallel::map_side_by_side;
 use crate::qcow2::header::Header;
 use crate::source::SourceFile;
 use crate::sums::{self, SUMS_NAME, Sha256Digest};
@@ -359,36 +360,18 @@ pub fn export(
     order.sort_by_key(|&i| std::cmp::Reverse(views[i].1.size()));
     let done = AtomicU64::new(0);
     let progress = Mutex::new(progress);
-    let next = AtomicUsize::new(0);
-    let written: Vec<Mutex<Option<Result<Sha256Digest>>>> =
-        views.iter().map(|_| Mutex::new(None)).collect();
-    let work = || {
-        while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
-            let (name, v) = &views[i];
-            let digest = sums::write_hashed(&**v, &out.join(name), &mut |n| {
-                let d = done.fetch_add(n, Ordering::Relaxed) + n;
-                (progress.lock())(d, total);
-            });
-            *written[i].lock() = Some(digest);
-        }
-    };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(views.len());
-    std::thread::scope(|s| {
-        for _ in 1..threads {
-            s.spawn(work);
-        }
-        work();
+    let written = map_side_by_side(&order, |&i| {
+        let (name, v) = &views[i];
+        sums::write_hashed(&**v, &out.join(name), &mut |n| {
+            let d = done.fetch_add(n, Ordering::Relaxed) + n;
+            (progress.lock())(d, total);
+        })
     });
-    let mut digests = Vec::new();
-    for ((name, _), digest) in views.iter().zip(written) {
-        let digest = digest.into_inner().ok_or_else(|| Error::Io {
-            what: "export".into(),
-            path: out.join(name),
-            source: std::io::Error::other("the file was not written"),
-        })??;
-        digests.push((name.clone(), digest));
+    let mut digests: Vec<(String, Sha256Digest)> = Vec::new();
+    let mut by_view: Vec<(usize, Result<Sha256Digest>)> = order.into_iter().zip(written).collect();
+    by_view.sort_by_key(|(i, _)| *i);
+    for (i, digest) in by_view {
+        digests.push((views[i].0.clone(), digest?));
     }
     let m = format!("{:#}\n", manifest(image, &specs, &figures));
     let path = out.join("chain.json");

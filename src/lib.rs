@@ -15,6 +15,7 @@ pub mod layer;
 pub mod lock;
 pub mod mount;
 pub mod names;
+pub mod parallel;
 pub mod qcow2;
 pub mod report;
 pub mod source;

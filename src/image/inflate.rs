@@ -117,7 +117,7 @@ impl Pool {
     fn get() -> &'static Pool {
         static POOL: OnceLock<&'static Pool> = OnceLock::new();
         POOL.get_or_init(|| {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let cores = crate::parallel::cores();
             let pool: &'static Pool = Box::leak(Box::new(Pool {
                 threads: cores.min(MAX_THREADS) - 1,
                 queue: Mutex::new(VecDeque::new()),

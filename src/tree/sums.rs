@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -17,6 +16,7 @@ use super::handles::Handle;
 use super::node::Node;
 use crate::chain::{self, Direction};
 use crate::error::Result;
+use crate::parallel::map_side_by_side;
 use crate::sums::{self, HashThread, Sha256Digest};
 
 /// Digests of chain folder files, each with the stamps of the sources it
@@ -89,33 +89,19 @@ impl Tree {
     /// `SHA256SUMS` first, as rsync does, waits for all of them).
     pub(super) fn sums_bytes(&self, e: &ImageEntry, rel: &Path, dir: Direction) -> Result<Vec<u8>> {
         let files = self.chain_files(rel, dir)?;
-        let digests: Vec<Mutex<Option<Result<Sha256Digest>>>> = files
+        let known: Vec<Option<Sha256Digest>> = files
             .iter()
-            .map(|(_, node)| Mutex::new(self.known_digest(e, node).map(Ok)))
+            .map(|(_, node)| self.known_digest(e, node))
             .collect();
-        let unknown: Vec<usize> = (0..files.len())
-            .filter(|&i| digests[i].lock().is_none())
-            .collect();
-        let next = AtomicUsize::new(0);
-        let work = || {
-            while let Some(&i) = unknown.get(next.fetch_add(1, Ordering::Relaxed)) {
-                *digests[i].lock() = Some(self.digest(e, &files[i].1));
-            }
-        };
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(unknown.len());
-        std::thread::scope(|s| {
-            for _ in 1..threads {
-                s.spawn(work);
-            }
-            work();
-        });
+        let unknown: Vec<usize> = (0..files.len()).filter(|&i| known[i].is_none()).collect();
+        // In the order of `unknown`, which is the files' order.
+        let mut hashed = map_side_by_side(&unknown, |&i| self.digest(e, &files[i].1)).into_iter();
         let mut lines = Vec::new();
-        for ((name, node), digest) in files.iter().zip(digests) {
-            let digest = digest
-                .into_inner()
-                .unwrap_or_else(|| self.digest(e, node))?;
+        for (i, (name, node)) in files.iter().enumerate() {
+            let digest = match known[i] {
+                Some(d) => d,
+                None => hashed.next().unwrap_or_else(|| self.digest(e, node))?,
+            };
             lines.push((name.to_string_lossy().into_owned(), digest));
         }
         Ok(sums::text(&lines).into_bytes())
