@@ -140,20 +140,13 @@ impl State {
     /// is mapped first, so that the compressed clusters it spans are
     /// inflated side by side before its bytes are copied.
     fn read_window(&self, buf: &mut [u8], offset: u64, use_backing: bool) -> Result<()> {
-        let mut runs = Vec::new();
-        let mut done = 0u64;
-        while done < buf.len() as u64 {
-            let pos = offset + done;
-            let run = self.map(GuestOffset(pos), buf.len() as u64 - done)?;
-            if run.len == 0 {
-                return Err(Error::corrupt(
-                    format!("state {:?}", self.which),
-                    format!("no mapping for guest offset {pos:#x}"),
-                ));
-            }
-            let len = run.len.min(buf.len() as u64 - done);
-            runs.push(Run { len, ..run });
-            done += len;
+        let runs = self.runs(offset, buf.len() as u64)?;
+        let mapped: u64 = runs.iter().map(|r| r.len).sum();
+        if mapped < buf.len() as u64 {
+            return Err(Error::corrupt(
+                format!("state {:?}", self.which),
+                format!("no mapping for guest offset {:#x}", offset + mapped),
+            ));
         }
         let compressed: Vec<(HostOffset, u64)> = runs
             .iter()
