@@ -33,9 +33,8 @@ pub(super) fn check_oflag_copied(image: &Image, refcounts: &Refcounts, report: &
             continue;
         };
         if (rc == 1) != (l1_entry & QCOW_OFLAG_COPIED != 0) {
-            report.corruptions += 1;
             report.oflag_copied_mismatches += 1;
-            report.say(format_args!(
+            report.corrupt(format_args!(
                 "ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={l1_entry:x} refcount={rc}"
             ));
         }
@@ -60,9 +59,8 @@ pub(super) fn check_oflag_copied(image: &Image, refcounts: &Refcounts, report: &
                 continue;
             };
             if (rc == 1) != (entry & QCOW_OFLAG_COPIED != 0) {
-                report.corruptions += 1;
                 report.oflag_copied_mismatches += 1;
-                report.say(format_args!(
+                report.corrupt(format_args!(
                     "ERROR OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={rc}"
                 ));
             }

@@ -123,6 +123,12 @@ impl CheckReport {
         }
     }
 
+    /// A corruption, counted and said.
+    fn corrupt(&mut self, msg: std::fmt::Arguments) {
+        self.corruptions += 1;
+        self.say(msg);
+    }
+
     /// Keep a message, formatted only while there is room for it.
     fn say(&mut self, msg: std::fmt::Arguments) {
         if self.messages.len() < MAX_MESSAGES {
@@ -241,24 +247,21 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
     for (i, &entry) in refcounts.table().iter().enumerate() {
         let offset = entry & REFT_OFFSET_MASK;
         if entry & REFT_RESERVED_MASK != 0 {
-            w.report.corruptions += 1;
-            w.report.say(format_args!(
+            w.report.corrupt(format_args!(
                 "ERROR refcount table entry {i} has reserved bits set"
             ));
             continue;
         }
         if offset & (cluster_size - 1) != 0 {
-            w.report.corruptions += 1;
-            w.report.say(format_args!(
+            w.report.corrupt(format_args!(
                 "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
             ));
             continue;
         }
         let cluster = offset >> h.cluster_bits;
         if cluster >= w.refs.len() as u64 {
-            w.report.corruptions += 1;
             w.report
-                .say(format_args!("ERROR refcount block {i} is outside image"));
+                .corrupt(format_args!("ERROR refcount block {i} is outside image"));
             continue;
         }
         if offset != 0 {
@@ -266,9 +269,8 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
             w.inc(offset, cluster_size);
             let counted = u64::from(w.refs[cluster as usize]);
             if counted != 1 {
-                w.report.corruptions += 1;
                 w.report
-                    .say(format_args!("ERROR refcount block {i} refcount={counted}"));
+                    .corrupt(format_args!("ERROR refcount block {i} refcount={counted}"));
             }
         }
     }
@@ -294,8 +296,7 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
         }
         if stored != counted {
             if stored < counted {
-                w.report.corruptions += 1;
-                w.report.say(format_args!(
+                w.report.corrupt(format_args!(
                     "ERROR cluster {i} refcount={stored} reference={counted}"
                 ));
             } else {

@@ -1,7 +1,7 @@
 //! The walk of every table of an image, tallying references per host
 //! cluster as `qemu-img check` does.
 
-use super::{CheckReport, MAX_CHECK_L2_ENTRIES, MAX_MESSAGES, StateFigures};
+use super::{CheckReport, MAX_CHECK_L2_ENTRIES, StateFigures};
 use crate::image::Image;
 use crate::qcow2::be::be64_table;
 use crate::qcow2::cluster::{
@@ -35,8 +35,7 @@ impl Walk<'_> {
         }
         let end = offset.saturating_add(size);
         if end.saturating_sub(self.file_len) >= self.cluster_size {
-            self.report.corruptions += 1;
-            self.report.say(format_args!(
+            self.report.corrupt(format_args!(
                 "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset {offset:#x} size {size:#x}"
             ));
             return;
@@ -49,8 +48,7 @@ impl Walk<'_> {
                 self.refs.resize(k + 1, 0);
             }
             if u64::from(self.refs[k]) >= self.refcount_max.min(u64::from(u32::MAX)) {
-                self.report.corruptions += 1;
-                self.report.say(format_args!(
+                self.report.corrupt(format_args!(
                     "ERROR: overflow cluster offset={:#x}",
                     (k as u64) << self.cluster_bits
                 ));
@@ -71,8 +69,7 @@ impl Walk<'_> {
 
     /// A corruption, counted and said.
     pub(super) fn corrupt(&mut self, msg: std::fmt::Arguments) {
-        self.report.corruptions += 1;
-        self.report.say(msg);
+        self.report.corrupt(msg);
     }
 
     /// Walk one L1 table; `active` gathers allocation figures as qemu-img
@@ -104,9 +101,8 @@ impl Walk<'_> {
         let mut walked: std::collections::HashSet<u64> = std::collections::HashSet::new();
         for (i, entry) in l1.used() {
             if entry & L1E_RESERVED_MASK != 0 {
-                self.report.corruptions += 1;
                 fig.l1_invalid += 1;
-                self.report.say(format_args!(
+                self.report.corrupt(format_args!(
                     "ERROR found L1 entry with reserved bits set: {entry:#x}"
                 ));
             }
@@ -119,20 +115,16 @@ impl Walk<'_> {
             self.inc(l2_offset, self.cluster_size);
             if l2_offset & (self.cluster_size - 1) != 0 {
                 fig.l1_unaligned += 1;
-                self.report.corruptions += 1;
-                self.report.say(format_args!(
+                self.report.corrupt(format_args!(
                     "ERROR l2_offset={l2_offset:x}: Table is not cluster aligned; L1 entry corrupted"
                 ));
             }
             if !walked.insert(l2_offset) {
                 // Counted above; walking it again would only repeat the work.
                 fig.l1_invalid += 1;
-                self.report.corruptions += 1;
-                if self.report.messages.len() < MAX_MESSAGES {
-                    self.report.say(format_args!(
-                        "ERROR l2_offset={l2_offset:x}: L2 table referenced twice by one L1 table (entry {i})"
-                    ));
-                }
+                self.report.corrupt(format_args!(
+                    "ERROR l2_offset={l2_offset:x}: L2 table referenced twice by one L1 table (entry {i})"
+                ));
                 continue;
             }
             self.visited += self.image.header().l2_entries();
@@ -189,22 +181,19 @@ impl Walk<'_> {
                 fig.l2_used += 1;
                 fig.l2_compressed += 1;
                 if entry & QCOW_OFLAG_COPIED != 0 {
-                    self.report.corruptions += 1;
                     fig.l2_invalid += 1;
-                    self.report.say(format_args!(
+                    self.report.corrupt(format_args!(
                         "ERROR: coffset={:#x}: copied flag must never be set for compressed clusters",
                         entry & !QCOW_OFLAG_COPIED & !QCOW_OFLAG_COMPRESSED
                     ));
                 }
                 if has_data_file {
-                    self.report.corruptions += 1;
-                    self.report.say(format_args!(
+                    self.report.corrupt(format_args!(
                         "ERROR compressed cluster {i} with data file, entry={entry:#x}"
                     ));
                 }
                 if bitmap != 0 {
-                    self.report.corruptions += 1;
-                    self.report.say(format_args!(
+                    self.report.corrupt(format_args!(
                         "ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry={entry:#x}"
                     ));
                 }
@@ -229,9 +218,8 @@ impl Walk<'_> {
                 continue;
             }
             if entry & L2E_STD_RESERVED_MASK != 0 {
-                self.report.corruptions += 1;
                 fig.l2_invalid += 1;
-                self.report.say(format_args!(
+                self.report.corrupt(format_args!(
                     "ERROR found l2 entry with reserved bits set: {entry:#x}"
                 ));
             }
@@ -243,9 +231,8 @@ impl Walk<'_> {
                     fig.l2_zero += 1;
                 } else {
                     if ext && bitmap & 0xffff_ffff != 0 {
-                        self.report.corruptions += 1;
                         fig.l2_invalid += 1;
-                        self.report.say(format_args!(
+                        self.report.corrupt(format_args!(
                             "ERROR: Unallocated cluster has non-zero subcluster allocation map"
                         ));
                     }
@@ -263,29 +250,29 @@ impl Walk<'_> {
                 fig.l2_zero += 1;
             }
             if ext && (bitmap >> 32) & bitmap != 0 {
-                self.report.corruptions += 1;
                 fig.l2_invalid += 1;
-                self.report.say(format_args!(
+                self.report.corrupt(format_args!(
                     "ERROR offset={offset:x}: Allocated cluster has corrupted subcluster allocation bitmap"
                 ));
             }
             if offset & (self.cluster_size - 1) != 0 {
-                self.report.corruptions += 1;
                 fig.l2_unaligned += 1;
                 let contains_data = if ext {
                     bitmap & 0xffff_ffff != 0
                 } else {
                     !zero_flag
                 };
+                let kind = if contains_data {
+                    "Data"
+                } else {
+                    "Preallocated"
+                };
+                self.report.corrupt(format_args!(
+                    "ERROR offset={offset:x}: {kind} cluster is not properly aligned; L2 entry corrupted."
+                ));
                 if !contains_data {
-                    self.report.say(format_args!(
-                        "ERROR offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted."
-                    ));
                     continue;
                 }
-                self.report.say(format_args!(
-                    "ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted."
-                ));
             }
             if active {
                 self.report.allocated_clusters += 1;
