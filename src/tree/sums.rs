@@ -89,20 +89,19 @@ impl Tree {
     /// `SHA256SUMS` first, as rsync does, waits for all of them).
     pub(super) fn sums_bytes(&self, e: &ImageEntry, rel: &Path, dir: Direction) -> Result<Vec<u8>> {
         let files = self.chain_files(rel, dir)?;
-        let known: Vec<Option<Sha256Digest>> = files
+        let digest = |(_, node): &(OsString, Node)| self.digest(e, node);
+        let unknown = files
             .iter()
-            .map(|(_, node)| self.known_digest(e, node))
-            .collect();
-        let unknown: Vec<usize> = (0..files.len()).filter(|&i| known[i].is_none()).collect();
-        // In the order of `unknown`, which is the files' order.
-        let mut hashed = map_side_by_side(&unknown, |&i| self.digest(e, &files[i].1)).into_iter();
+            .filter(|(_, node)| self.known_digest(e, node).is_none())
+            .count();
+        let digests = if unknown > 1 {
+            map_side_by_side(&files, digest)
+        } else {
+            files.iter().map(digest).collect()
+        };
         let mut lines = Vec::new();
-        for (i, (name, node)) in files.iter().enumerate() {
-            let digest = match known[i] {
-                Some(d) => d,
-                None => hashed.next().unwrap_or_else(|| self.digest(e, node))?,
-            };
-            lines.push((name.to_string_lossy().into_owned(), digest));
+        for ((name, _), d) in files.iter().zip(digests) {
+            lines.push((name.to_string_lossy().into_owned(), d?));
         }
         Ok(sums::text(&lines).into_bytes())
     }
