@@ -24,8 +24,16 @@ pub const FIXED_TTL: Duration = Duration::from_secs(1);
 fn ttl(a: &Attr) -> Duration {
     if a.fixed { FIXED_TTL } else { Duration::ZERO }
 }
-/// Largest read request asked of the kernel (1 MiB).
+/// Largest read the kernel passes on at once: one read(2) of a file opened
+/// with O_DIRECT, or one readahead window (1 MiB).
 pub const MAX_READ: u32 = 1 << 20;
+
+/// Size of one read request (256 KiB, the mount's `max_read`). The kernel cuts
+/// a read of up to [`MAX_READ`] into requests of this size and sends them
+/// all at once (readahead always does; a direct read does with
+/// FUSE_ASYNC_DIO), so that every serving thread copies a share of it
+/// instead of one thread copying the whole of it while the others wait.
+pub const REQUEST_SIZE: u32 = 256 << 10;
 
 /// The tree, served over FUSE.
 pub struct Fs {
@@ -71,6 +79,9 @@ impl Filesystem for Fs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // max_write also sets max_pages, which bounds the size of reads.
         let _ = config.set_max_write(MAX_READ);
+        // Kernels that do not offer it send a direct read's requests one
+        // after the other, as before.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO);
         if let Err(max) = config.set_max_readahead(MAX_READ) {
             let _ = config.set_max_readahead(max);
         }

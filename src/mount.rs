@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::error::{Error, Result};
-use crate::fuse::{Fs, MAX_READ};
+use crate::fuse::{Fs, MAX_READ, REQUEST_SIZE};
 use crate::tree::{Tree, TreeOptions};
 
 /// Arguments of `qcow2fs mount`.
@@ -174,19 +174,16 @@ fn config(args: &MountArgs) -> Result<Config> {
 /// Mount and serve until unmounted or signalled.
 pub fn mount(args: &MountArgs) -> Result<()> {
     let cfg = config(args)?;
-    let detached = std::env::var_os(DETACHED_ENV).is_some();
-    if detached {
-        // The serving copy that `--daemon` started: a session of its own,
-        // no hold on the folder it was started in.
-        let _ = nix::unistd::setsid();
-        let _ = std::env::set_current_dir("/");
-    }
-    if !args.image_dir.is_dir() {
-        return fail(format!(
-            "{}: IMAGE_DIR is not a folder",
-            args.image_dir.display()
-        ));
-    }
+    let image_dir = match std::fs::canonicalize(&args.image_dir) {
+        Ok(p) if p.is_dir() => p,
+        Ok(_) => {
+            return fail(format!(
+                "{}: IMAGE_DIR is not a folder",
+                args.image_dir.display()
+            ));
+        }
+        Err(e) => return fail(format!("{}: IMAGE_DIR: {e}", args.image_dir.display())),
+    };
     let mp = match std::fs::canonicalize(&args.mountpoint) {
         Ok(p) if p.is_dir() => p,
         Ok(_) => {
@@ -203,11 +200,17 @@ pub fn mount(args: &MountArgs) -> Result<()> {
             mp.display()
         ));
     }
-    if args.daemon && !detached {
+    let detached = std::env::var_os(DETACHED_ENV).is_some();
+    if detached {
+        // The serving copy that `--daemon` started: a session of its own,
+        // no hold on the folder it was started in (both paths are resolved).
+        let _ = nix::unistd::setsid();
+        let _ = std::env::set_current_dir("/");
+    } else if args.daemon {
         return daemonize(&mp);
     }
     let tree = Tree::new(
-        &args.image_dir,
+        &image_dir,
         &TreeOptions {
             cache_bytes: args.cache_size,
             allow_outside_backing: args.allow_outside_backing,
@@ -268,13 +271,18 @@ pub fn mount(args: &MountArgs) -> Result<()> {
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         log::debug!("sd_notify: {e}");
     }
+    if detached {
+        // `--daemon` has returned, and no longer reads what this copy says.
+        silence_stderr();
+    }
     session.run().map_err(|e| Error::Mount {
         detail: format!("serving the mount: {e}"),
     })
 }
 
 /// Open /dev/fuse and mount it read-only at `mp` with type
-/// `fuse.<subtype>`. Needs CAP_SYS_ADMIN (EPERM otherwise).
+/// `fuse.<subtype>` and read requests of [`REQUEST_SIZE`]. Needs
+/// CAP_SYS_ADMIN (EPERM otherwise).
 fn kernel_mount(mp: &Path, cfg: &Config) -> std::io::Result<std::os::fd::OwnedFd> {
     use nix::mount::MsFlags;
     use std::os::fd::{AsRawFd, OwnedFd};
@@ -287,7 +295,7 @@ fn kernel_mount(mp: &Path, cfg: &Config) -> std::io::Result<std::os::fd::OwnedFd
     let mut subtype = "qcow2fs".to_string();
     let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
     let mut data = format!(
-        "fd={},rootmode=40000,user_id={uid},group_id={gid}",
+        "fd={},rootmode=40000,user_id={uid},group_id={gid},max_read={REQUEST_SIZE}",
         fd.as_raw_fd()
     );
     for o in &cfg.mount_options {
@@ -320,7 +328,8 @@ fn detach(mp: &Path) {
     }
 }
 
-/// As root, let the kernel read ahead as much as one request carries.
+/// As root, let the kernel read ahead [`MAX_READ`] at a time: a window of
+/// several requests, served side by side.
 fn raise_readahead(mp: &Path) {
     let Some(dev) = mount_device(mp) else { return };
     let p = format!("/sys/class/bdi/{dev}/read_ahead_kb");
@@ -348,7 +357,7 @@ fn daemonize(mp: &Path) -> Result<()> {
         .env(DETACHED_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::Mount {
             detail: format!("starting the server: {e}"),
@@ -360,7 +369,17 @@ fn daemonize(mp: &Path) -> Result<()> {
         }
         match child.try_wait() {
             Ok(Some(status)) => {
-                return fail(format!("the server exited before mounting ({status})"));
+                // What it said on the way out (its own "qcow2fs: " dropped).
+                let mut said = String::new();
+                if let Some(mut err) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut err, &mut said);
+                }
+                let said = said.trim().trim_start_matches("qcow2fs: ");
+                return fail(if said.is_empty() {
+                    format!("the server exited before mounting ({status})")
+                } else {
+                    said.to_string()
+                });
             }
             Ok(None) => {}
             Err(e) => return fail(format!("waiting for the server: {e}")),
@@ -372,6 +391,19 @@ fn daemonize(mp: &Path) -> Result<()> {
             ));
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Point standard error at /dev/null: the serving copy of `--daemon` once
+/// it is mounted, when `--daemon` has stopped reading it.
+fn silence_stderr() {
+    match std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        Ok(null) => {
+            if let Err(e) = nix::unistd::dup2_stderr(&null) {
+                log::debug!("stderr to /dev/null: {e}");
+            }
+        }
+        Err(e) => log::debug!("/dev/null: {e}"),
     }
 }
 
