@@ -12,7 +12,7 @@ use fuser::{
 };
 
 use crate::error::Error;
-use crate::tree::{Attr, Kind, Tree};
+use crate::tree::{Attr, Caching, Kind, Tree};
 
 /// How long the kernel may trust the name and attributes of a file that
 /// never changes while it exists (a snapshot view, a layer built only from
@@ -82,6 +82,9 @@ impl Filesystem for Fs {
         // Kernels that do not offer it send a direct read's requests one
         // after the other, as before.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO);
+        // A file opened for direct reads (Caching::Direct) can still be
+        // mapped shared, on kernels that offer it (6.6 on).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         if let Err(max) = config.set_max_readahead(MAX_READ) {
             let _ = config.set_max_readahead(max);
         }
@@ -111,11 +114,11 @@ impl Filesystem for Fs {
             return reply.error(Errno::EROFS);
         }
         match self.tree.open(ino.0) {
-            Ok((fh, keep)) => {
-                let f = if keep {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
+            Ok((fh, caching)) => {
+                let f = match caching {
+                    Caching::Keep => FopenFlags::FOPEN_KEEP_CACHE,
+                    Caching::Drop => FopenFlags::empty(),
+                    Caching::Direct => FopenFlags::FOPEN_DIRECT_IO,
                 };
                 reply.opened(FileHandle(fh), f)
             }
@@ -139,21 +142,10 @@ impl Filesystem for Fs {
             fh.0,
             std::thread::current().id()
         );
-        // One buffer per serving thread, kept between reads: a read is not
-        // paid for with a fresh, zeroed allocation of its size.
-        thread_local! {
-            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        match self.tree.read(fh.0, offset, size as usize) {
+            Ok(bytes) => reply.data(&bytes),
+            Err(e) => reply.error(errno(&e)),
         }
-        BUF.with_borrow_mut(|buf| {
-            let size = size as usize;
-            if buf.len() < size {
-                buf.resize(size, 0);
-            }
-            match self.tree.read(fh.0, offset, &mut buf[..size]) {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
     }
 
     fn release(

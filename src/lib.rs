@@ -17,6 +17,7 @@ pub mod mount;
 pub mod names;
 pub mod parallel;
 pub mod qcow2;
+pub mod readbuf;
 pub mod report;
 pub mod source;
 pub mod sums;

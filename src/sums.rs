@@ -7,21 +7,27 @@
 use std::collections::BTreeMap;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::view::View;
+use crate::readbuf::ReadBytes;
+use crate::view::{ExtentKind, View};
 
 /// The name of the sums file in every chain folder.
 pub const SUMS_NAME: &str = "SHA256SUMS";
 
-/// Most bytes held for a file whose reads arrive out of order (readahead
-/// runs several at once) before hashing it that way is given up; the file
-/// is then hashed when the sums are read.
-const MAX_PENDING_BYTES: usize = 64 << 20;
+/// Most bytes held, for all files together, of reads that arrived out of
+/// order (readahead runs several at once; a reader may jump about). A file
+/// whose held reads would pass it is no longer hashed as it is read; it is
+/// hashed when the sums are read instead.
+const MAX_PENDING_BYTES: usize = 16 << 20;
+
+/// Bytes held by every [`StreamHash`] at once.
+static PENDING_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// Bytes read at a time when hashing a file that was not hashed as it was
 /// read, or when writing one out.
@@ -154,7 +160,7 @@ pub struct HashThread {
 /// What a hashing thread is sent.
 enum HashMsg {
     /// The bytes a read returned at an offset.
-    Read(u64, Vec<u8>),
+    Read(u64, ReadBytes),
     /// Answer once everything sent before is hashed.
     Flush(mpsc::Sender<()>),
 }
@@ -162,7 +168,11 @@ enum HashMsg {
 impl HashThread {
     /// Start hashing a file of `size` bytes; None when too many files are
     /// being hashed already or no thread can be started.
-    pub fn start(size: u64, done: Box<dyn FnOnce(Sha256Digest) + Send>) -> Option<HashThread> {
+    pub fn start(
+        view: Arc<dyn View>,
+        done: Box<dyn FnOnce(Sha256Digest) + Send>,
+    ) -> Option<HashThread> {
+        let size = view.size();
         if HASH_THREADS.fetch_add(1, Ordering::Relaxed) >= MAX_HASH_THREADS {
             HASH_THREADS.fetch_sub(1, Ordering::Relaxed);
             return None;
@@ -173,18 +183,33 @@ impl HashThread {
             .spawn(move || {
                 let mut hash = StreamHash::default();
                 let mut done = Some(done);
-                for msg in msgs {
-                    match msg {
-                        HashMsg::Read(offset, bytes) => hash.feed(offset, &bytes),
-                        // The asker may have gone: nothing to tell.
-                        HashMsg::Flush(answer) => drop(answer.send(())),
-                    }
+                let mut finish = |hash: &StreamHash| {
                     if let Some(d) = hash.digest(size)
                         && let Some(done) = done.take()
                     {
                         done(d);
                     }
+                };
+                for msg in msgs {
+                    match msg {
+                        HashMsg::Read(offset, bytes) => {
+                            if offset > hash.upto {
+                                // Skipped, perhaps, as a hole.
+                                hash.fill_holes(&*view);
+                            }
+                            hash.feed(offset, bytes);
+                        }
+                        HashMsg::Flush(answer) => {
+                            hash.fill_holes(&*view);
+                            // The asker may have gone: nothing to tell.
+                            let _ = answer.send(());
+                        }
+                    }
+                    finish(&hash);
                 }
+                // Every handle is closed.
+                hash.fill_holes(&*view);
+                finish(&hash);
                 HASH_THREADS.fetch_sub(1, Ordering::Relaxed);
             });
         match spawned {
@@ -197,13 +222,15 @@ impl HashThread {
     }
 
     /// Hand over the bytes a read returned at `offset`. The read that
-    /// reaches the end of the file waits until they are hashed, so that the
-    /// digest is known by the time the reader closes the file (and reads
-    /// `SHA256SUMS`, perhaps, before its close reaches the mount).
-    pub fn feed(&self, offset: u64, bytes: &[u8]) {
+    /// reaches the end of the file waits until they are hashed, and the
+    /// holes the reader skipped with them, so that the digest is known by
+    /// the time the reader closes the file (and reads `SHA256SUMS`, perhaps,
+    /// before its close reaches the mount).
+    pub fn feed(&self, offset: u64, bytes: &ReadBytes) {
+        let end = offset + bytes.len() as u64;
         // Sends fail only once the thread is gone: nothing more to take.
-        let _ = self.feed.send(HashMsg::Read(offset, bytes.to_vec()));
-        if offset + bytes.len() as u64 >= self.size {
+        let _ = self.feed.send(HashMsg::Read(offset, bytes.clone()));
+        if end >= self.size {
             let (answer, answered) = mpsc::channel();
             if self.feed.send(HashMsg::Flush(answer)).is_ok() {
                 let _ = answered.recv();
@@ -218,7 +245,7 @@ pub struct StreamHash {
     /// Bytes hashed so far, from offset 0.
     upto: u64,
     /// Reads past `upto`, held until the gap before them is filled.
-    pending: BTreeMap<u64, Vec<u8>>,
+    pending: BTreeMap<u64, ReadBytes>,
     pending_bytes: usize,
     given_up: bool,
 }
@@ -235,9 +262,15 @@ impl Default for StreamHash {
     }
 }
 
+impl Drop for StreamHash {
+    fn drop(&mut self) {
+        PENDING_BYTES.fetch_sub(self.pending_bytes, Ordering::Relaxed);
+    }
+}
+
 impl StreamHash {
     /// Take the bytes a read returned at `offset`.
-    pub fn feed(&mut self, offset: u64, bytes: &[u8]) {
+    pub fn feed(&mut self, offset: u64, bytes: ReadBytes) {
         if self.given_up || bytes.is_empty() {
             return;
         }
@@ -246,24 +279,64 @@ impl StreamHash {
             return; // read again: already hashed
         }
         if offset > self.upto {
-            self.pending_bytes += bytes.len();
-            if self.pending_bytes > MAX_PENDING_BYTES {
-                self.given_up = true;
-                self.pending.clear();
+            let held = bytes.held();
+            if PENDING_BYTES.fetch_add(held, Ordering::Relaxed) + held > MAX_PENDING_BYTES {
+                PENDING_BYTES.fetch_sub(held, Ordering::Relaxed);
+                self.give_up();
                 return;
             }
-            self.pending.insert(offset, bytes.to_vec());
+            self.pending_bytes += held;
+            self.pending.insert(offset, bytes);
             return;
         }
-        self.take(offset, bytes);
-        // Drain what the gap was holding back.
+        self.take(offset, &bytes);
+        self.drain();
+    }
+
+    /// Take the held reads that the bytes taken so far reach.
+    fn drain(&mut self) {
         while let Some(entry) = self.pending.first_entry() {
             if *entry.key() > self.upto {
                 break;
             }
             let (at, held) = entry.remove_entry();
-            self.pending_bytes -= held.len();
+            self.pending_bytes -= held.held();
+            PENDING_BYTES.fetch_sub(held.held(), Ordering::Relaxed);
             self.take(at, &held);
+        }
+    }
+
+    /// Stop hashing, and let go of the reads held.
+    fn give_up(&mut self) {
+        self.given_up = true;
+        self.pending.clear();
+        PENDING_BYTES.fetch_sub(self.pending_bytes, Ordering::Relaxed);
+        self.pending_bytes = 0;
+    }
+
+    /// Take the holes of `view` that no read has covered yet (a copy skips
+    /// them with SEEK_HOLE), up to the first gap that holds data.
+    pub fn fill_holes(&mut self, view: &dyn View) {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        while !self.given_up && self.upto < view.size() {
+            let gap_end = self.pending.keys().next().copied().unwrap_or(view.size());
+            let Ok(extents) = view.extents(self.upto, gap_end - self.upto) else {
+                return;
+            };
+            let Some(hole) = extents
+                .first()
+                .filter(|e| e.start == self.upto && e.kind != ExtentKind::Data)
+            else {
+                return;
+            };
+            let mut left = hole.len.min(gap_end - self.upto);
+            while left > 0 {
+                let n = left.min(ZEROS.len() as u64) as usize;
+                self.sha.update(&ZEROS[..n]);
+                self.upto += n as u64;
+                left -= n as u64;
+            }
+            self.drain();
         }
     }
 
@@ -296,16 +369,69 @@ mod tests {
         assert_eq!(len(["a\\b\nc"]), odd.len() as u64);
     }
 
+    /// 300 bytes: data, a hole (bytes 100 to 200), data.
+    struct Holed(Vec<u8>);
+
+    impl View for Holed {
+        fn size(&self) -> u64 {
+            300
+        }
+
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+            let n = crate::view::clip(buf.len(), offset, 300);
+            buf[..n].copy_from_slice(&self.0[offset as usize..offset as usize + n]);
+            Ok(n)
+        }
+
+        fn extents(&self, offset: u64, len: u64) -> Result<Vec<crate::view::Extent>> {
+            let runs = [(0, 100, ExtentKind::Data), (100, 100, ExtentKind::Hole)];
+            let runs = runs.into_iter().chain([(200, 100, ExtentKind::Data)]);
+            Ok(runs
+                .filter(|&(s, l, _)| s + l > offset && s < offset + len)
+                .map(|(s, l, kind)| {
+                    let start = s.max(offset);
+                    let end = (s + l).min(offset + len);
+                    crate::view::Extent {
+                        start,
+                        len: end - start,
+                        kind,
+                    }
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn holes_a_copy_skips_are_hashed_as_zeros() {
+        let mut data = vec![7u8; 300];
+        data[100..200].fill(0);
+        let whole: Sha256Digest = Sha256::digest(&data).into();
+        let view = Holed(data.clone());
+        let mut h = StreamHash::default();
+        h.feed(0, ReadBytes::from(data[..100].to_vec()));
+        h.fill_holes(&view);
+        h.feed(200, ReadBytes::from(data[200..].to_vec()));
+        assert_eq!(h.digest(300), Some(whole));
+        // A gap that holds data is left for a read to fill.
+        let mut h = StreamHash::default();
+        h.feed(250, ReadBytes::from(data[250..].to_vec()));
+        h.fill_holes(&view);
+        assert_eq!(h.upto, 0);
+        h.feed(0, ReadBytes::from(data[..250].to_vec()));
+        assert_eq!(h.digest(300), Some(whole));
+    }
+
     #[test]
     fn reads_in_any_order_hash_as_the_file() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         let whole: Sha256Digest = Sha256::digest(&data).into();
         let mut h = StreamHash::default();
-        h.feed(4000, &data[4000..8000]);
-        h.feed(0, &data[..3000]);
+        let part = |r: std::ops::Range<usize>| ReadBytes::from(data[r].to_vec());
+        h.feed(4000, part(4000..8000));
+        h.feed(0, part(0..3000));
         assert_eq!(h.digest(10_000), None);
-        h.feed(2000, &data[2000..4500]);
-        h.feed(8000, &data[8000..]);
+        h.feed(2000, part(2000..4500));
+        h.feed(8000, part(8000..10_000));
         assert_eq!(h.digest(10_000), Some(whole));
     }
 }

@@ -12,12 +12,30 @@ use super::entry::ImageEntry;
 use super::node::{Node, StateKey, image_of, immutable};
 use crate::error::{Error, Result};
 use crate::image::{StateId, VmState};
+use crate::readbuf::{self, ReadBytes};
 use crate::sums::HashThread;
 use crate::view::{RawView, View};
 
 /// A file node resolved to the view that serves it, and the opening of the
 /// image it reads from (None for plain files).
 pub(super) type Resolved = (Arc<dyn View>, Option<Arc<ImageEntry>>);
+
+/// How the kernel is to cache what is read through a handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caching {
+    /// Keep the pages cached at earlier opens: the bytes are the same.
+    Keep,
+    /// Drop them: the file may have changed since.
+    Drop,
+    /// Bypass the page cache: a file whose digest is not known yet, hashed
+    /// as it is read. Such a read is most often a copy that reads every byte
+    /// once; read straight into the reader's buffer, each byte is copied
+    /// twice instead of three times (into the page cache, then out of it),
+    /// and no page of the cache is filled with bytes nobody reads again.
+    /// Once its digest is known, or once an open did not read it in full,
+    /// the file is cached at its next opens.
+    Direct,
+}
 
 pub(super) struct Handle {
     pub(super) node: Node,
@@ -84,9 +102,9 @@ impl Tree {
         }
     }
 
-    /// Open file `ino`; returns the handle and whether the kernel may keep
-    /// the pages it cached of this file at earlier opens.
-    pub fn open(&self, ino: u64) -> Result<(u64, bool)> {
+    /// Open file `ino`; returns the handle and how the kernel is to cache
+    /// what is read through it.
+    pub fn open(&self, ino: u64) -> Result<(u64, Caching)> {
         let node = self.inodes.node(ino)?;
         let (view, entry) = self.view(&node).inspect_err(|e| match image_of(&node) {
             Some(rel) => match self.images.lock().get(rel) {
@@ -101,8 +119,15 @@ impl Tree {
         let keep = immutable(&node) || self.unchanged_since_last_open(ino, &node, entry.as_deref());
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let hashing = self
-            .start_hashing(&node, entry.as_deref(), view.size())
+            .start_hashing(&node, entry.as_deref(), &view)
             .map(Arc::new);
+        let caching = if hashing.is_some() && self.read_in_full_so_far(&node) {
+            Caching::Direct
+        } else if keep {
+            Caching::Keep
+        } else {
+            Caching::Drop
+        };
         let handle = Handle {
             node,
             view,
@@ -110,12 +135,14 @@ impl Tree {
             hashing,
         };
         self.handles.lock().insert(fh, Arc::new(Mutex::new(handle)));
-        Ok((fh, keep))
+        Ok((fh, caching))
     }
 
     /// Forget an open handle.
     pub fn release(&self, fh: u64) {
-        self.handles.lock().remove(&fh);
+        if let Some(h) = self.handles.lock().remove(&fh) {
+            self.hashing_ended(&h.lock());
+        }
     }
 
     pub(super) fn handle(&self, fh: u64) -> Result<Arc<Mutex<Handle>>> {
@@ -161,12 +188,13 @@ impl Tree {
         Ok((view, entry))
     }
 
-    /// Read up to `buf.len()` bytes at `offset` from an open file into
-    /// `buf`, which may hold anything beforehand.
-    pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    /// Read up to `size` bytes at `offset` from an open file.
+    pub fn read(&self, fh: u64, offset: u64, size: usize) -> Result<ReadBytes> {
         let h = self.handle(fh)?;
         let node = h.lock().node.clone();
+        let mut buf = readbuf::POOL.take(size);
         let result = (|| {
+            let buf = &mut buf[..size];
             let (view, entry) = {
                 let g = h.lock();
                 (Arc::clone(&g.view), g.entry.clone())
@@ -191,17 +219,21 @@ impl Tree {
             }
             Ok(n)
         })();
-        match &result {
-            Ok(n) => self.hash_read(&h, offset, &buf[..*n]),
+        match result {
+            Ok(n) => {
+                let bytes = ReadBytes::new(buf, n, &readbuf::POOL);
+                self.hash_read(&h, offset, &bytes);
+                Ok(bytes)
+            }
             Err(e) => {
                 if let (Some(rel), Some(entry)) = (image_of(&node), h.lock().entry.clone()) {
-                    entry.log_once(&self.root.join(rel), e);
+                    entry.log_once(&self.root.join(rel), &e);
                 } else {
                     log::warn!("{node:?}: {e}");
                 }
+                Err(e)
             }
         }
-        result
     }
 }
 

@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::image::OpenOptions;
 pub use attr::{Attr, Kind};
 use entry::{ImageEntry, Stamp};
+pub use handles::Caching;
 use handles::Handle;
 use inodes::Inodes;
 pub use inodes::ROOT_INO;
@@ -51,13 +52,14 @@ pub struct Tree {
     memos: Arc<memo::Memos>,
     /// Digests of chain folder files, for `SHA256SUMS`.
     digests: Arc<sums::Digests>,
+    /// Chain folder files that an open which hashed them did not read from
+    /// start to end: read through the page cache from then on.
+    scattered: Mutex<std::collections::HashSet<Node>>,
     images: Mutex<HashMap<PathBuf, Arc<ImageEntry>>>,
     handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
     /// Per file inode, the stamps of its sources at its last open: the
     /// kernel's cached pages of the file hold bytes of that version.
     cached: Mutex<HashMap<u64, Vec<Stamp>>>,
-    /// Per inode of a file that can change while it exists, the stamps of
-    /// its sources and the mtime last shown for them.
     /// Per path of a chain folder file, what it was and the mtime last
     /// shown for it (a few hundred bytes per file of a chain folder).
     shown: Mutex<HashMap<PathBuf, (freshness::Shown, SystemTime)>>,
@@ -82,6 +84,7 @@ impl Tree {
             opts,
             inodes: Inodes::new(root_node),
             digests: sums::digests(),
+            scattered: Mutex::new(Default::default()),
             memos: Arc::new(memo::Memos::new(crate::cache::memo_budget(t.cache_bytes))),
             images: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),

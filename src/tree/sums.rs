@@ -17,7 +17,9 @@ use super::node::Node;
 use crate::chain::{self, Direction};
 use crate::error::Result;
 use crate::parallel::map_side_by_side;
+use crate::readbuf::ReadBytes;
 use crate::sums::{self, HashThread, Sha256Digest};
+use crate::view::View;
 
 /// Digests of chain folder files, each with the stamps of the sources it
 /// was computed from. One entry per file of a chain folder: bounded by the
@@ -137,7 +139,7 @@ impl Tree {
         &self,
         node: &Node,
         e: Option<&ImageEntry>,
-        size: u64,
+        view: &Arc<dyn View>,
     ) -> Option<HashThread> {
         if !matches!(node, Node::Layer(..) | Node::Pass(..) | Node::Manifest(..)) {
             return None;
@@ -155,7 +157,7 @@ impl Tree {
         let digests = Arc::clone(&self.digests);
         let node = node.clone();
         HashThread::start(
-            size,
+            Arc::clone(view),
             Box::new(move |d| {
                 if sources.stamps().as_ref() == Some(&stamps) {
                     digests.lock().insert(node, (stamps, d));
@@ -164,8 +166,22 @@ impl Tree {
         )
     }
 
+    /// Whether every open of `node` that hashed it read it in full.
+    pub(super) fn read_in_full_so_far(&self, node: &Node) -> bool {
+        !self.scattered.lock().contains(node)
+    }
+
+    /// A handle is closed: if it hashed its file and the digest is still not
+    /// known, its reader went about the file some other way than a copy.
+    pub(super) fn hashing_ended(&self, h: &Handle) {
+        if h.hashing.is_some() && !self.digests.lock().contains_key(&h.node) {
+            log::debug!("{:?}: closed before it was read in full", h.node);
+            self.scattered.lock().insert(h.node.clone());
+        }
+    }
+
     /// Hand a read's bytes to the handle's hashing thread.
-    pub(super) fn hash_read(&self, h: &Arc<Mutex<Handle>>, offset: u64, bytes: &[u8]) {
+    pub(super) fn hash_read(&self, h: &Arc<Mutex<Handle>>, offset: u64, bytes: &ReadBytes) {
         let hashing = h.lock().hashing.clone();
         if let Some(t) = hashing {
             t.feed(offset, bytes);
