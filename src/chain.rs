@@ -305,9 +305,10 @@ pub fn manifest(image: &Image, specs: &[LayerSpec], figures: &[LayerFigures]) ->
     json!({"image": base_name(image.path()), "layers": layers, "backing-files": pass})
 }
 
-/// Write a chain's files (layers, passed-through backing files and
-/// `chain.json`) into `out`. Existing files are refused unless `force`.
-/// `progress` is told (bytes done, bytes in all).
+/// Write a chain's files (layers, passed-through backing files,
+/// `chain.json` and `SHA256SUMS`) into `out`, all of them on disk when this
+/// returns. Existing files are refused unless `force`. `progress` is told
+/// (bytes done, bytes in all).
 pub fn export(
     image: &Arc<Image>,
     dir: Direction,
@@ -374,13 +375,23 @@ pub fn export(
         digests.push((views[i].0.clone(), digest?));
     }
     let m = format!("{:#}\n", manifest(image, &specs, &figures));
-    let path = out.join("chain.json");
-    std::fs::write(&path, &m).map_err(|e| Error::io("write", &path, e))?;
+    write_synced(&out.join("chain.json"), m.as_bytes())?;
     digests.push((
         "chain.json".to_string(),
         Sha256::digest(m.as_bytes()).into(),
     ));
-    let path = out.join(SUMS_NAME);
-    std::fs::write(&path, sums::text(&digests)).map_err(|e| Error::io("write", &path, e))?;
-    Ok(())
+    write_synced(&out.join(SUMS_NAME), sums::text(&digests).as_bytes())?;
+    // The folder too, so that the names of the files are on disk.
+    std::fs::File::open(out)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("sync", out, e))
+}
+
+/// Write `bytes` to a file at `path`, on disk when this returns.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| Error::io("create", path, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_data())
+        .map_err(|e| Error::io("write", path, e))
 }

@@ -86,9 +86,9 @@ pub fn hash_view(view: &dyn View) -> Result<Sha256Digest> {
 }
 
 /// Write every byte of `view` to a new file at `path` and return its
-/// digest. Chunks of zeros are skipped, so holes stay holes; the hashing
-/// runs on a second thread, beside the reads and writes. `done` is told the
-/// bytes of each chunk as it is written.
+/// digest once the file is on disk. Chunks of zeros are skipped, so holes
+/// stay holes; the hashing runs on a second thread, beside the reads and
+/// writes. `done` is told the bytes of each chunk as it is written.
 pub fn write_hashed(
     view: &dyn View,
     path: &Path,
@@ -108,7 +108,7 @@ pub fn write_hashed(
             Sha256Digest::from(sha.finalize())
         });
         let copied = (|| -> Result<()> {
-            let mut pos = 0u64;
+            let (mut pos, mut written_out) = (0u64, 0u64);
             while pos < view.size() {
                 let mut buf = spare.try_recv().unwrap_or_else(|_| vec![0u8; HASH_CHUNK]);
                 buf.resize(HASH_CHUNK, 0);
@@ -124,13 +124,19 @@ pub fn write_hashed(
                     f.write_all(&buf).map_err(|e| Error::io("write", path, e))?;
                 }
                 pos += n as u64;
+                if pos - written_out >= WRITE_OUT_EVERY {
+                    write_out(&f, written_out, pos);
+                    written_out = pos;
+                }
                 done(n as u64);
                 if to_hash.send(buf).is_err() {
                     break;
                 }
             }
+            write_out(&f, written_out, pos);
             f.set_len(view.size())
-                .map_err(|e| Error::io("set length", path, e))
+                .map_err(|e| Error::io("set length", path, e))?;
+            f.sync_data().map_err(|e| Error::io("sync", path, e))
         })();
         drop(to_hash);
         let digest = hasher.join();
@@ -141,6 +147,26 @@ pub fn write_hashed(
             source: std::io::Error::other("the hashing thread failed"),
         })
     })
+}
+
+/// Bytes written between two asks to the kernel to write them out to disk:
+/// the disk works while the export goes on (instead of all at the `sync`
+/// after it), and an export does not crowd the page cache.
+const WRITE_OUT_EVERY: u64 = 16 << 20;
+
+/// Ask the kernel to start writing bytes `from..to` of `f` to disk, and to
+/// drop them from the page cache once written (POSIX_FADV_DONTNEED starts
+/// the writeback of dirty pages, then drops the clean ones). Only a hint.
+fn write_out(f: &std::fs::File, from: u64, to: u64) {
+    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+    if let Err(e) = posix_fadvise(
+        f,
+        from as i64,
+        (to - from) as i64,
+        PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    ) {
+        log::debug!("posix_fadvise: {e}");
+    }
 }
 
 /// Most files hashed on threads of their own at once; a file opened past

@@ -205,3 +205,25 @@ fn a_change_in_the_same_second_as_a_copy_still_reaches_rsync() {
     std::thread::sleep(ATTR_WAIT);
     assert_eq!(rsync(&chain, &replica), Vec::<String>::new());
 }
+
+#[test]
+fn export_puts_every_file_on_disk_before_it_returns() {
+    let d = scratch();
+    let img = build_chain_image(d.path(), "vm.qcow2", "");
+    let (out, trace) = (at(d.path(), "out"), at(d.path(), "trace"));
+    let ok = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(bin())
+        .args(["export", img.to_str().unwrap(), out.to_str().unwrap()])
+        .status()
+        .expect("strace runs")
+        .success();
+    assert!(ok);
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let synced = text.lines().filter(|l| l.ends_with("= 0")).count();
+    // Every file, and the folder that names them.
+    let files = std::fs::read_dir(&out).unwrap().count();
+    assert!(files > 3);
+    assert!(synced > files, "{synced} syncs for {files} files:\n{text}");
+}
