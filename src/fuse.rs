@@ -24,11 +24,13 @@ pub const FIXED_TTL: Duration = Duration::from_secs(1);
 fn ttl(a: &Attr) -> Duration {
     if a.fixed { FIXED_TTL } else { Duration::ZERO }
 }
+
 /// Largest read the kernel passes on at once: one read(2) of a file opened
 /// with O_DIRECT, or one readahead window (1 MiB).
 pub const MAX_READ: u32 = 1 << 20;
 
-/// Size of one read request (256 KiB, the mount's `max_read`). The kernel cuts
+/// Size of one read request (256 KiB, the `max_read` of a mount made as
+/// root; through fusermount, requests are up to [`MAX_READ`]). The kernel cuts
 /// a read of up to [`MAX_READ`] into requests of this size and sends them
 /// all at once (readahead always does; a direct read does with
 /// FUSE_ASYNC_DIO), so that every serving thread copies a share of it

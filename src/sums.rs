@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::readbuf::ReadBytes;
+use crate::readbuf::{self, ReadBytes};
 use crate::view::{ExtentKind, View};
 
 /// The name of the sums file in every chain folder.
@@ -95,28 +95,24 @@ pub fn write_hashed(
     done: &mut dyn FnMut(u64),
 ) -> Result<Sha256Digest> {
     let mut f = std::fs::File::create(path).map_err(|e| Error::io("create", path, e))?;
-    let (to_hash, chunks) = mpsc::sync_channel::<Vec<u8>>(HASH_QUEUE);
-    let (give_back, spare) = mpsc::channel::<Vec<u8>>();
+    let (to_hash, chunks) = mpsc::sync_channel::<ReadBytes>(HASH_QUEUE);
     std::thread::scope(|s| {
         let hasher = s.spawn(move || {
             let mut sha = Sha256::new();
             for chunk in chunks {
-                sha.update(&chunk);
-                // The reader may have gone on an error: nothing to give to.
-                let _ = give_back.send(chunk);
+                sha.update(&*chunk);
             }
             Sha256Digest::from(sha.finalize())
         });
         let copied = (|| -> Result<()> {
             let (mut pos, mut written_out) = (0u64, 0u64);
             while pos < view.size() {
-                let mut buf = spare.try_recv().unwrap_or_else(|_| vec![0u8; HASH_CHUNK]);
-                buf.resize(HASH_CHUNK, 0);
-                let n = view.read_at(&mut buf, pos)?;
+                let mut buf = readbuf::POOL.take(HASH_CHUNK);
+                let n = view.read_at(&mut buf[..HASH_CHUNK], pos)?;
                 if n == 0 {
                     break;
                 }
-                buf.truncate(n);
+                let buf = ReadBytes::new(buf, n, &readbuf::POOL);
                 if buf.iter().all(|&b| b == 0) {
                     f.seek(SeekFrom::Current(n as i64))
                         .map_err(|e| Error::io("seek", path, e))?;
@@ -192,8 +188,9 @@ enum HashMsg {
 }
 
 impl HashThread {
-    /// Start hashing a file of `size` bytes; None when too many files are
-    /// being hashed already or no thread can be started.
+    /// Start hashing `view` from the reads made of it (and its holes, which
+    /// a copy may skip); None when too many files are being hashed already
+    /// or no thread can be started.
     pub fn start(
         view: Arc<dyn View>,
         done: Box<dyn FnOnce(Sha256Digest) + Send>,
