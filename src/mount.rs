@@ -171,29 +171,22 @@ fn config(args: &MountArgs) -> Result<Config> {
     Ok(c)
 }
 
+/// `path` made absolute (so that it still names the same folder once the
+/// serving copy of `--daemon` has left the folder it was started in), or
+/// an error naming it as `what`.
+fn folder(path: &Path, what: &str) -> Result<std::path::PathBuf> {
+    match std::fs::canonicalize(path) {
+        Ok(p) if p.is_dir() => Ok(p),
+        Ok(_) => fail(format!("{}: {what} is not a folder", path.display())),
+        Err(e) => fail(format!("{}: {what}: {e}", path.display())),
+    }
+}
+
 /// Mount and serve until unmounted or signalled.
 pub fn mount(args: &MountArgs) -> Result<()> {
     let cfg = config(args)?;
-    let image_dir = match std::fs::canonicalize(&args.image_dir) {
-        Ok(p) if p.is_dir() => p,
-        Ok(_) => {
-            return fail(format!(
-                "{}: IMAGE_DIR is not a folder",
-                args.image_dir.display()
-            ));
-        }
-        Err(e) => return fail(format!("{}: IMAGE_DIR: {e}", args.image_dir.display())),
-    };
-    let mp = match std::fs::canonicalize(&args.mountpoint) {
-        Ok(p) if p.is_dir() => p,
-        Ok(_) => {
-            return fail(format!(
-                "{}: mountpoint is not a folder",
-                args.mountpoint.display()
-            ));
-        }
-        Err(e) => return fail(format!("{}: mountpoint: {e}", args.mountpoint.display())),
-    };
+    let image_dir = folder(&args.image_dir, "IMAGE_DIR")?;
+    let mp = folder(&args.mountpoint, "mountpoint")?;
     if mount_device(&mp).is_some() {
         return fail(format!(
             "{}: mountpoint is busy (something is mounted there)",
