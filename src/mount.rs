@@ -221,43 +221,9 @@ pub fn mount(args: &MountArgs) -> Result<()> {
     set.thread_block().map_err(|e| Error::Mount {
         detail: format!("blocking signals: {e}"),
     })?;
-    let fs = Fs::new(tree);
-    // As root, mount(2) directly, so that the file system type carries the
-    // subtype (fuse.qcow2fs); otherwise let fuser go through fusermount.
-    let (session, mut unmount): (_, Box<dyn FnMut() + Send>) = match kernel_mount(&mp, &cfg) {
-        Ok(fd) => {
-            let session = fuser::Session::from_fd(fs, fd, cfg.acl, cfg.clone()).map_err(|e| {
-                Error::Mount {
-                    detail: format!("{}: mount failed: {e}", mp.display()),
-                }
-            })?;
-            let target = mp.clone();
-            (session, Box::new(move || detach(&target)))
-        }
-        Err(e) if e.raw_os_error() == Some(Errno::EPERM as i32) => {
-            let mut session = fuser::Session::new(fs, &mp, &cfg).map_err(|e| Error::Mount {
-                detail: format!("{}: mount failed: {e}", mp.display()),
-            })?;
-            let mut u = session.unmount_callable();
-            (
-                session,
-                Box::new(move || {
-                    if let Err(e) = u.unmount() {
-                        log::warn!("unmount: {e}");
-                    }
-                }),
-            )
-        }
-        Err(e) => return fail(format!("{}: mount failed: {e}", mp.display())),
-    };
+    let (session, unmount) = start_session(Fs::new(tree), &mp, &cfg)?;
     raise_readahead(&mp);
-    std::thread::spawn(move || {
-        match set.wait() {
-            Ok(sig) => log::info!("{sig}: unmounting"),
-            Err(e) => log::warn!("waiting for signals: {e}; unmounting"),
-        }
-        unmount();
-    });
+    std::thread::spawn(move || unmount_on_signal(set, unmount));
     // The mount exists; requests wait in the kernel's queue until the
     // session reads them, which it does next. A unit of Type=notify is
     // ready from here, not before.
@@ -271,6 +237,46 @@ pub fn mount(args: &MountArgs) -> Result<()> {
     session.run().map_err(|e| Error::Mount {
         detail: format!("serving the mount: {e}"),
     })
+}
+
+/// How to unmount a session, from another thread.
+type Unmount = Box<dyn FnMut() + Send>;
+
+/// Mount `fs` at `mp` and return its session, not yet serving. As root,
+/// mount(2) directly, so that the file system type carries the subtype
+/// (fuse.qcow2fs); otherwise let fuser go through fusermount.
+fn start_session(fs: Fs, mp: &Path, cfg: &Config) -> Result<(fuser::Session<Fs>, Unmount)> {
+    let failed = |e: std::io::Error| Error::Mount {
+        detail: format!("{}: mount failed: {e}", mp.display()),
+    };
+    match kernel_mount(mp, cfg) {
+        Ok(fd) => {
+            let session = fuser::Session::from_fd(fs, fd, cfg.acl, cfg.clone()).map_err(failed)?;
+            let target = mp.to_path_buf();
+            Ok((session, Box::new(move || detach(&target))))
+        }
+        Err(e) if e.raw_os_error() == Some(Errno::EPERM as i32) => {
+            let mut session = fuser::Session::new(fs, mp, cfg).map_err(failed)?;
+            let mut u = session.unmount_callable();
+            let unmount = move || {
+                if let Err(e) = u.unmount() {
+                    log::warn!("unmount: {e}");
+                }
+            };
+            Ok((session, Box::new(unmount)))
+        }
+        Err(e) => Err(failed(e)),
+    }
+}
+
+/// Wait for SIGINT or SIGTERM (blocked in `set` by every thread), then
+/// unmount: the session then ends and `mount` returns.
+fn unmount_on_signal(set: SigSet, mut unmount: Unmount) {
+    match set.wait() {
+        Ok(sig) => log::info!("{sig}: unmounting"),
+        Err(e) => log::warn!("waiting for signals: {e}; unmounting"),
+    }
+    unmount();
 }
 
 /// Open /dev/fuse and mount it read-only at `mp` with type
