@@ -26,6 +26,10 @@ pub const SUMS_NAME: &str = "SHA256SUMS";
 /// hashed when the sums are read instead.
 const MAX_PENDING_BYTES: usize = 16 << 20;
 
+/// Bytes of a file whose extents are looked up at a time when a gap
+/// before a read is checked for a hole.
+const HOLE_WINDOW: u64 = 64 << 20;
+
 /// Bytes held by every [`StreamHash`] at once.
 static PENDING_BYTES: AtomicUsize = AtomicUsize::new(0);
 
@@ -218,12 +222,12 @@ impl HashThread {
                         HashMsg::Read(offset, bytes) => {
                             if offset > hash.upto {
                                 // Skipped, perhaps, as a hole.
-                                hash.fill_holes(&*view);
+                                hash.fill_holes(&*view, offset);
                             }
                             hash.feed(offset, bytes);
                         }
                         HashMsg::Flush(answer) => {
-                            hash.fill_holes(&*view);
+                            hash.fill_holes(&*view, size);
                             // The asker may have gone: nothing to tell.
                             let _ = answer.send(());
                         }
@@ -231,7 +235,7 @@ impl HashThread {
                     finish(&hash);
                 }
                 // Every handle is closed.
-                hash.fill_holes(&*view);
+                hash.fill_holes(&*view, size);
                 finish(&hash);
                 HASH_THREADS.fetch_sub(1, Ordering::Relaxed);
             });
@@ -337,13 +341,17 @@ impl StreamHash {
         self.pending_bytes = 0;
     }
 
-    /// Take the holes of `view` that no read has covered yet (a copy skips
-    /// them with SEEK_HOLE), up to the first gap that holds data.
-    pub fn fill_holes(&mut self, view: &dyn View) {
+    /// Take the holes of `view` before `until` that no read has covered yet
+    /// (a copy skips them with SEEK_HOLE), up to the first gap that holds
+    /// data.
+    pub fn fill_holes(&mut self, view: &dyn View, until: u64) {
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-        while !self.given_up && self.upto < view.size() {
-            let gap_end = self.pending.keys().next().copied().unwrap_or(view.size());
-            let Ok(extents) = view.extents(self.upto, gap_end - self.upto) else {
+        let until = until.min(view.size());
+        while !self.given_up && self.upto < until {
+            let gap_end = self.pending.keys().next().map_or(until, |&k| k.min(until));
+            // The extents of a window at a time: a gap is most often short.
+            let len = (gap_end - self.upto).min(HOLE_WINDOW);
+            let Ok(extents) = view.extents(self.upto, len) else {
                 return;
             };
             let Some(hole) = extents
@@ -352,7 +360,7 @@ impl StreamHash {
             else {
                 return;
             };
-            let mut left = hole.len.min(gap_end - self.upto);
+            let mut left = hole.len.min(len);
             while left > 0 {
                 let n = left.min(ZEROS.len() as u64) as usize;
                 self.sha.update(&ZEROS[..n]);
@@ -432,13 +440,13 @@ mod tests {
         let view = Holed(data.clone());
         let mut h = StreamHash::default();
         h.feed(0, ReadBytes::from(data[..100].to_vec()));
-        h.fill_holes(&view);
+        h.fill_holes(&view, 200);
         h.feed(200, ReadBytes::from(data[200..].to_vec()));
         assert_eq!(h.digest(300), Some(whole));
         // A gap that holds data is left for a read to fill.
         let mut h = StreamHash::default();
         h.feed(250, ReadBytes::from(data[250..].to_vec()));
-        h.fill_holes(&view);
+        h.fill_holes(&view, 300);
         assert_eq!(h.upto, 0);
         h.feed(0, ReadBytes::from(data[..250].to_vec()));
         assert_eq!(h.digest(300), Some(whole));
