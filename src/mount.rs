@@ -361,6 +361,15 @@ fn daemonize(mp: &Path) -> Result<()> {
         .map_err(|e| Error::Mount {
             detail: format!("starting the server: {e}"),
         })?;
+    // Read what the server says as it says it, so that it never waits on a
+    // full pipe; it is shown if the server exits before mounting.
+    let said = child.stderr.take().map(|mut err| {
+        std::thread::spawn(move || {
+            let mut said = String::new();
+            let _ = std::io::Read::read_to_string(&mut err, &mut said);
+            said
+        })
+    });
     let start = std::time::Instant::now();
     loop {
         if mount_device(mp).is_some() {
@@ -369,10 +378,7 @@ fn daemonize(mp: &Path) -> Result<()> {
         match child.try_wait() {
             Ok(Some(status)) => {
                 // What it said on the way out (its own "qcow2fs: " dropped).
-                let mut said = String::new();
-                if let Some(mut err) = child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut err, &mut said);
-                }
+                let said = said.and_then(|t| t.join().ok()).unwrap_or_default();
                 let said = said.trim().trim_start_matches("qcow2fs: ");
                 return fail(if said.is_empty() {
                     format!("the server exited before mounting ({status})")
