@@ -140,41 +140,73 @@ impl CheckReport {
 /// Check `image` as `qemu-img check` does, and gather the figures of `info`.
 pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
     let h = image.header();
-    let file_len = image.file().len();
-    let cluster_size = h.cluster_size();
-    let nb_clusters = file_len.div_ceil(cluster_size) as usize;
-    let refcount_max = if h.refcount_order >= 6 {
-        u64::MAX
-    } else {
-        (1u64 << h.refcount_bits()) - 1
-    };
-    let mut w = Walk {
-        image,
-        cluster_bits: h.cluster_bits,
-        cluster_size,
-        file_len,
-        refcount_max,
-        refs: vec![0; nb_clusters],
-        visited: 0,
-        bitmap_entries: 0,
-        report: CheckReport {
-            total_clusters: h.size.div_ceil(cluster_size),
-            ..CheckReport::default()
-        },
-    };
-    // Entries read as the check reads them: a version 3 entry without its
-    // 16 bytes of extra data (zeros past a truncation, for one) is counted.
-    if h.version >= 3 {
-        for sn in image.snapshots() {
-            if (sn.extra_data_size as usize) < V3_EXTRA_DATA {
-                w.corrupt(format_args!(
-                    "ERROR snapshot table entry {} is incomplete",
-                    sn.index
-                ));
-            }
+    let mut w = Walk::new(image);
+    count_incomplete_entries(&mut w);
+    w.inc(0, w.cluster_size);
+    let walked = walk_states(&mut w);
+    w.inc(h.snapshots_offset, image.snapshot_table_bytes());
+    w.inc(
+        h.refcount_table_offset,
+        u64::from(h.refcount_table_clusters) << h.cluster_bits,
+    );
+    // QEMU ignores the bitmaps extension unless the autoclear bit vouches
+    // for it, and then counts its clusters as leaks.
+    if let Some(dir) = h.bitmap_directory
+        && h.autoclear_features & AUTOCLEAR_BITMAPS != 0
+        && dir.count > 0
+    {
+        w.bitmaps(&dir);
+    }
+    let refcounts = Refcounts::load(image)?;
+    walk_refcount_table(&mut w, &refcounts);
+    compare_refcounts(&mut w, &refcounts);
+    check_oflag_copied(image, &refcounts, &mut w.report);
+
+    let Walked {
+        active,
+        mut snapshot_clusters,
+        states,
+    } = walked;
+    snapshot_clusters.sort_unstable();
+    snapshot_clusters.dedup();
+    w.report.active_clusters = active.len() as u64;
+    w.report.inactive_clusters = count_not_in(&snapshot_clusters, &active);
+    w.report.states = states;
+    Ok(w.report)
+}
+
+/// Entries read as the check reads them: a version 3 entry without its 16
+/// bytes of extra data (zeros past a truncation, for one) is counted.
+fn count_incomplete_entries(w: &mut Walk) {
+    if w.image.header().version < 3 {
+        return;
+    }
+    for sn in w.image.snapshots() {
+        if (sn.extra_data_size as usize) < V3_EXTRA_DATA {
+            w.corrupt(format_args!(
+                "ERROR snapshot table entry {} is incomplete",
+                sn.index
+            ));
         }
     }
-    w.inc(0, cluster_size);
+}
+
+/// What walking the active state and the snapshots found.
+struct Walked {
+    /// The active state's data clusters.
+    active: Vec<u64>,
+    /// Every snapshot's data clusters, repeated where they share.
+    snapshot_clusters: Vec<u64>,
+    /// Figures per state, the active state first.
+    states: Vec<StateFigures>,
+}
+
+/// Walk the active state and every snapshot, counting their references,
+/// and figure what each holds: its data clusters, those new since the
+/// state before it, and those no other state has.
+fn walk_states(w: &mut Walk) -> Walked {
+    let image = w.image;
+    let h = image.header();
     let mut fig = StateFigures {
         label: "active".into(),
         ..StateFigures::default()
@@ -190,9 +222,9 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
             label: sn.id.clone(),
             ..StateFigures::default()
         };
-        if sn.l1_table_offset & (cluster_size - 1) != 0 || u64::from(sn.l1_size) * 8 > MAX_L1_BYTES
-        {
-            let (field, value, fault) = if sn.l1_table_offset & (cluster_size - 1) != 0 {
+        let misaligned = sn.l1_table_offset & (w.cluster_size - 1) != 0;
+        if misaligned || u64::from(sn.l1_size) * 8 > MAX_L1_BYTES {
+            let (field, value, fault) = if misaligned {
                 ("l1_offset", sn.l1_table_offset, "is not cluster aligned")
             } else {
                 ("l1_size", u64::from(sn.l1_size), "is too large")
@@ -227,22 +259,16 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
     for (fig, list) in states.iter_mut().skip(1).zip(&lists) {
         fig.unique_clusters = list.iter().filter(|c| once(c)).count() as u64;
     }
-    drop(lists);
-    w.inc(h.snapshots_offset, image.snapshot_table_bytes());
-    w.inc(
-        h.refcount_table_offset,
-        u64::from(h.refcount_table_clusters) << h.cluster_bits,
-    );
-    // QEMU ignores the bitmaps extension unless the autoclear bit vouches
-    // for it, and then counts its clusters as leaks.
-    if let Some(dir) = h.bitmap_directory
-        && h.autoclear_features & AUTOCLEAR_BITMAPS != 0
-        && dir.count > 0
-    {
-        w.bitmaps(&dir);
+    Walked {
+        active,
+        snapshot_clusters,
+        states,
     }
+}
 
-    let refcounts = Refcounts::load(image)?;
+/// Count the references of the refcount table to its blocks, each of which
+/// must be referenced once.
+fn walk_refcount_table(w: &mut Walk, refcounts: &Refcounts) {
     w.report.reftable_entries = refcounts.table().len() as u64;
     for (i, &entry) in refcounts.table().iter().enumerate() {
         let offset = entry & REFT_OFFSET_MASK;
@@ -252,13 +278,13 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
             ));
             continue;
         }
-        if offset & (cluster_size - 1) != 0 {
+        if offset & (w.cluster_size - 1) != 0 {
             w.report.corrupt(format_args!(
                 "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
             ));
             continue;
         }
-        let cluster = offset >> h.cluster_bits;
+        let cluster = offset >> w.cluster_bits;
         if cluster >= w.refs.len() as u64 {
             w.report
                 .corrupt(format_args!("ERROR refcount block {i} is outside image"));
@@ -266,7 +292,7 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
         }
         if offset != 0 {
             w.report.reftable_used += 1;
-            w.inc(offset, cluster_size);
+            w.inc(offset, w.cluster_size);
             let counted = u64::from(w.refs[cluster as usize]);
             if counted != 1 {
                 w.report
@@ -274,8 +300,11 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
             }
         }
     }
+}
 
-    // Compare the counted references with the stored refcounts.
+/// Compare the references counted with the refcounts stored: fewer stored
+/// is a corruption, more is a leak. Also finds where the image ends.
+fn compare_refcounts(w: &mut Walk, refcounts: &Refcounts) {
     let refs = std::mem::take(&mut w.refs);
     let mut highest = 0u64;
     for (i, counted) in refs.iter().map(|&c| u64::from(c)).enumerate() {
@@ -307,15 +336,7 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
             }
         }
     }
-    w.report.image_end_offset = (highest + 1) * cluster_size;
-    check_oflag_copied(image, &refcounts, &mut w.report);
-
-    snapshot_clusters.sort_unstable();
-    snapshot_clusters.dedup();
-    w.report.active_clusters = active.len() as u64;
-    w.report.inactive_clusters = count_not_in(&snapshot_clusters, &active);
-    w.report.states = states;
-    Ok(w.report)
+    w.report.image_end_offset = (highest + 1) * w.cluster_size;
 }
 
 /// How many of the sorted, distinct `a` are not in the sorted `b`.

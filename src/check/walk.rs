@@ -27,7 +27,32 @@ pub(super) struct Walk<'a> {
     pub(super) report: CheckReport,
 }
 
-impl Walk<'_> {
+impl<'a> Walk<'a> {
+    /// A walk of `image` with nothing counted yet.
+    pub(super) fn new(image: &'a Image) -> Walk<'a> {
+        let h = image.header();
+        let file_len = image.file().len();
+        let cluster_size = h.cluster_size();
+        Walk {
+            image,
+            cluster_bits: h.cluster_bits,
+            cluster_size,
+            file_len,
+            refcount_max: if h.refcount_order >= 6 {
+                u64::MAX
+            } else {
+                (1u64 << h.refcount_bits()) - 1
+            },
+            refs: vec![0; file_len.div_ceil(cluster_size) as usize],
+            visited: 0,
+            bitmap_entries: 0,
+            report: CheckReport {
+                total_clusters: h.size.div_ceil(cluster_size),
+                ..CheckReport::default()
+            },
+        }
+    }
+
     /// Count one reference to every cluster touched by `[offset, offset+size)`.
     pub(super) fn inc(&mut self, offset: u64, size: u64) {
         if size == 0 {
