@@ -179,13 +179,35 @@ impl Info {
     pub fn to_text(&self) -> String {
         let h = self.image.header();
         let c = &self.check;
-        let cs = h.cluster_size();
         let mut t = String::new();
         let _ = writeln!(t, "image: {}", self.image.path().display());
         let _ = writeln!(t, "file length: {}", self.image.file().len());
         if self.in_use {
             let _ = writeln!(t, "in use: yes (another program holds a write lock)");
         }
+        self.header_text(&mut t);
+        self.snapshots_text(&mut t);
+        self.states_text(&mut t);
+        let _ = writeln!(t, "\n== refcount table ==");
+        let _ = writeln!(
+            t,
+            "entries {}, used {}, refcounts per block {}",
+            c.reftable_entries,
+            c.reftable_used,
+            (h.cluster_size() * 8) >> h.refcount_order
+        );
+        t.push_str(&check_text(c));
+        self.summary_text(&mut t);
+        t.push_str(&self.layers_text());
+        let _ = writeln!(t, "features: {}", self.features().join(", "));
+        let _ = writeln!(t, "verdict: {}", c.verdict());
+        t
+    }
+
+    /// The header's fields, one per line.
+    fn header_text(&self, t: &mut String) {
+        let h = self.image.header();
+        let cs = h.cluster_size();
         let _ = writeln!(t, "\n== header ==");
         let rows: Vec<(&str, String)> = vec![
             ("version", h.version.to_string()),
@@ -237,6 +259,10 @@ impl Info {
         for (k, v) in rows {
             let _ = writeln!(t, "{k:<24}{v}");
         }
+    }
+
+    /// The snapshot table, one snapshot per line.
+    fn snapshots_text(&self, t: &mut String) {
         let _ = writeln!(t, "\n== snapshots ==");
         let _ = writeln!(
             t,
@@ -257,6 +283,11 @@ impl Info {
                 s.l1_size
             );
         }
+    }
+
+    /// The L1 and L2 figures of every state, one state per line.
+    fn states_text(&self, t: &mut String) {
+        let c = &self.check;
         let _ = writeln!(t, "\n== tables per state ==");
         let _ = writeln!(
             t,
@@ -296,15 +327,12 @@ impl Info {
                 s.unique_clusters
             );
         }
-        let _ = writeln!(t, "\n== refcount table ==");
-        let _ = writeln!(
-            t,
-            "entries {}, used {}, refcounts per block {}",
-            c.reftable_entries,
-            c.reftable_used,
-            (cs * 8) >> h.refcount_order
-        );
-        t.push_str(&check_text(c));
+    }
+
+    /// Clusters by state: active, inactive, used.
+    fn summary_text(&self, t: &mut String) {
+        let c = &self.check;
+        let cs = self.image.header().cluster_size();
         let _ = writeln!(t, "\n== summary ==");
         let _ = writeln!(
             t,
@@ -324,10 +352,6 @@ impl Info {
             c.used_clusters,
             c.used_clusters * cs
         );
-        t.push_str(&self.layers_text());
-        let _ = writeln!(t, "features: {}", self.features().join(", "));
-        let _ = writeln!(t, "verdict: {}", c.verdict());
-        t
     }
 }
 
