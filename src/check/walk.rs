@@ -176,8 +176,6 @@ impl<'a> Walk<'a> {
     ) {
         let h = self.image.header();
         let ext = h.extended_l2();
-        let has_data_file = h.incompatible_features & INCOMPAT_DATA_FILE != 0;
-        let geo = self.image.compressed_geometry();
         let table = match self
             .image
             .file()
@@ -203,113 +201,145 @@ impl<'a> Walk<'a> {
                 0
             };
             if entry & QCOW_OFLAG_COMPRESSED != 0 {
+                self.compressed_entry(fig, i, entry, bitmap, active, data);
+            } else {
+                self.standard_entry(fig, entry, bitmap, active, data, &mut next_contiguous);
+            }
+        }
+    }
+
+    /// Count a compressed cluster's entry: the host clusters its bytes touch.
+    fn compressed_entry(
+        &mut self,
+        fig: &mut StateFigures,
+        i: usize,
+        entry: u64,
+        bitmap: u64,
+        active: bool,
+        data: &mut Vec<u64>,
+    ) {
+        let has_data_file = self.image.header().incompatible_features & INCOMPAT_DATA_FILE != 0;
+        let geo = self.image.compressed_geometry();
+        fig.l2_used += 1;
+        fig.l2_compressed += 1;
+        if entry & QCOW_OFLAG_COPIED != 0 {
+            fig.l2_invalid += 1;
+            self.report.corrupt(format_args!(
+                "ERROR: coffset={:#x}: copied flag must never be set for compressed clusters",
+                entry & !QCOW_OFLAG_COPIED & !QCOW_OFLAG_COMPRESSED
+            ));
+        }
+        if has_data_file {
+            self.report.corrupt(format_args!(
+                "ERROR compressed cluster {i} with data file, entry={entry:#x}"
+            ));
+        }
+        if bitmap != 0 {
+            self.report.corrupt(format_args!(
+                "ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry={entry:#x}"
+            ));
+        }
+        let entry = crate::qcow2::cluster::decode_l2(
+            entry & !QCOW_OFLAG_COPIED,
+            None,
+            self.cluster_bits,
+            geo,
+            &String::new,
+        );
+        if let Ok(crate::qcow2::cluster::L2Entry::Compressed { host, len }) = entry {
+            self.inc(host.0, len);
+            let first = host.0 >> self.cluster_bits;
+            let last = (host.0 + len - 1) >> self.cluster_bits;
+            data.extend(first..=last);
+        }
+        if active {
+            self.report.allocated_clusters += 1;
+            self.report.compressed_clusters += 1;
+            self.report.fragmented_clusters += 1;
+        }
+    }
+
+    /// Count a standard entry: unallocated, zero, or a host cluster (which
+    /// `next_contiguous`, the cluster after the last one, tells fragmented).
+    fn standard_entry(
+        &mut self,
+        fig: &mut StateFigures,
+        entry: u64,
+        bitmap: u64,
+        active: bool,
+        data: &mut Vec<u64>,
+        next_contiguous: &mut u64,
+    ) {
+        let h = self.image.header();
+        let ext = h.extended_l2();
+        let has_data_file = h.incompatible_features & INCOMPAT_DATA_FILE != 0;
+        if entry & L2E_STD_RESERVED_MASK != 0 {
+            fig.l2_invalid += 1;
+            self.report.corrupt(format_args!(
+                "ERROR found l2 entry with reserved bits set: {entry:#x}"
+            ));
+        }
+        let offset = entry & L2E_OFFSET_MASK;
+        let zero_flag = !ext && entry & 1 != 0;
+        if offset == 0 {
+            if zero_flag {
                 fig.l2_used += 1;
-                fig.l2_compressed += 1;
-                if entry & QCOW_OFLAG_COPIED != 0 {
+                fig.l2_zero += 1;
+            } else {
+                if ext && bitmap & 0xffff_ffff != 0 {
                     fig.l2_invalid += 1;
                     self.report.corrupt(format_args!(
-                        "ERROR: coffset={:#x}: copied flag must never be set for compressed clusters",
-                        entry & !QCOW_OFLAG_COPIED & !QCOW_OFLAG_COMPRESSED
+                        "ERROR: Unallocated cluster has non-zero subcluster allocation map"
                     ));
                 }
-                if has_data_file {
-                    self.report.corrupt(format_args!(
-                        "ERROR compressed cluster {i} with data file, entry={entry:#x}"
-                    ));
-                }
-                if bitmap != 0 {
-                    self.report.corrupt(format_args!(
-                        "ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry={entry:#x}"
-                    ));
-                }
-                let entry = crate::qcow2::cluster::decode_l2(
-                    entry & !QCOW_OFLAG_COPIED,
-                    None,
-                    self.cluster_bits,
-                    geo,
-                    &String::new,
-                );
-                if let Ok(crate::qcow2::cluster::L2Entry::Compressed { host, len }) = entry {
-                    self.inc(host.0, len);
-                    let first = host.0 >> self.cluster_bits;
-                    let last = (host.0 + len - 1) >> self.cluster_bits;
-                    data.extend(first..=last);
-                }
-                if active {
-                    self.report.allocated_clusters += 1;
-                    self.report.compressed_clusters += 1;
-                    self.report.fragmented_clusters += 1;
-                }
-                continue;
-            }
-            if entry & L2E_STD_RESERVED_MASK != 0 {
-                fig.l2_invalid += 1;
-                self.report.corrupt(format_args!(
-                    "ERROR found l2 entry with reserved bits set: {entry:#x}"
-                ));
-            }
-            let offset = entry & L2E_OFFSET_MASK;
-            let zero_flag = !ext && entry & 1 != 0;
-            if offset == 0 {
-                if zero_flag {
+                if ext && bitmap != 0 {
                     fig.l2_used += 1;
                     fig.l2_zero += 1;
                 } else {
-                    if ext && bitmap & 0xffff_ffff != 0 {
-                        fig.l2_invalid += 1;
-                        self.report.corrupt(format_args!(
-                            "ERROR: Unallocated cluster has non-zero subcluster allocation map"
-                        ));
-                    }
-                    if ext && bitmap != 0 {
-                        fig.l2_used += 1;
-                        fig.l2_zero += 1;
-                    } else {
-                        fig.l2_unused += 1;
-                    }
-                }
-                continue;
-            }
-            fig.l2_used += 1;
-            if zero_flag {
-                fig.l2_zero += 1;
-            }
-            if ext && (bitmap >> 32) & bitmap != 0 {
-                fig.l2_invalid += 1;
-                self.report.corrupt(format_args!(
-                    "ERROR offset={offset:x}: Allocated cluster has corrupted subcluster allocation bitmap"
-                ));
-            }
-            if offset & (self.cluster_size - 1) != 0 {
-                fig.l2_unaligned += 1;
-                let contains_data = if ext {
-                    bitmap & 0xffff_ffff != 0
-                } else {
-                    !zero_flag
-                };
-                let kind = if contains_data {
-                    "Data"
-                } else {
-                    "Preallocated"
-                };
-                self.report.corrupt(format_args!(
-                    "ERROR offset={offset:x}: {kind} cluster is not properly aligned; L2 entry corrupted."
-                ));
-                if !contains_data {
-                    continue;
+                    fig.l2_unused += 1;
                 }
             }
-            if active {
-                self.report.allocated_clusters += 1;
-                if next_contiguous != 0 && offset != next_contiguous {
-                    self.report.fragmented_clusters += 1;
-                }
-                next_contiguous = offset + self.cluster_size;
+            return;
+        }
+        fig.l2_used += 1;
+        if zero_flag {
+            fig.l2_zero += 1;
+        }
+        if ext && (bitmap >> 32) & bitmap != 0 {
+            fig.l2_invalid += 1;
+            self.report.corrupt(format_args!(
+            "ERROR offset={offset:x}: Allocated cluster has corrupted subcluster allocation bitmap"
+        ));
+        }
+        if offset & (self.cluster_size - 1) != 0 {
+            fig.l2_unaligned += 1;
+            let contains_data = if ext {
+                bitmap & 0xffff_ffff != 0
+            } else {
+                !zero_flag
+            };
+            let kind = if contains_data {
+                "Data"
+            } else {
+                "Preallocated"
+            };
+            self.report.corrupt(format_args!(
+            "ERROR offset={offset:x}: {kind} cluster is not properly aligned; L2 entry corrupted."
+        ));
+            if !contains_data {
+                return;
             }
-            if !has_data_file {
-                self.inc(offset, self.cluster_size);
-                data.push(offset >> self.cluster_bits);
+        }
+        if active {
+            self.report.allocated_clusters += 1;
+            if *next_contiguous != 0 && offset != *next_contiguous {
+                self.report.fragmented_clusters += 1;
             }
+            *next_contiguous = offset + self.cluster_size;
+        }
+        if !has_data_file {
+            self.inc(offset, self.cluster_size);
+            data.push(offset >> self.cluster_bits);
         }
     }
 }
