@@ -227,3 +227,59 @@ fn export_puts_every_file_on_disk_before_it_returns() {
     assert!(files > 3);
     assert!(synced > files, "{synced} syncs for {files} files:\n{text}");
 }
+
+#[test]
+fn a_copy_is_hashed_as_it_is_read_holes_and_all() {
+    let (d, src) = scratch_images();
+    build_chain_image(&src, "vm.qcow2", "");
+    let mp = d.path().join("mnt");
+    std::fs::create_dir_all(&mp).unwrap();
+    let mp = std::fs::canonicalize(&mp).unwrap();
+    let log = at(d.path(), "log");
+    let child = std::process::Command::new(bin())
+        .env("RUST_LOG", "qcow2fs=debug")
+        .args(["mount", src.to_str().unwrap(), mp.to_str().unwrap()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_until("the mount", || is_mounted(&mp));
+    let mut m = Mount {
+        child: Some(child),
+        mp,
+    };
+    // The source files have holes (the rest of a cluster past a short L1
+    // table), which GNU cp skips with SEEK_HOLE.
+    let holed = std::fs::read_dir(&src).unwrap().any(|e| {
+        let meta = e.unwrap().metadata().unwrap();
+        std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < meta.len()
+    });
+    assert!(holed, "no source file with a hole to skip");
+    let copy = d.path().join("copy");
+    run(
+        "cp",
+        &[
+            "-r",
+            m.path("vm.qcow2/chain").to_str().unwrap(),
+            copy.to_str().unwrap(),
+        ],
+    );
+    run(
+        "sh",
+        &[
+            "-c",
+            &format!("cd '{}' && sha256sum -c --quiet SHA256SUMS", copy.display()),
+        ],
+    );
+    assert_eq!(m.stop(), 0);
+    // Every file the copy read had its digest taken as it was read: none
+    // was left to be hashed again when the copy reached SHA256SUMS.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("closed before it was read in full"),
+        "{}",
+        text.lines()
+            .filter(|l| !l.contains("read fh"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
