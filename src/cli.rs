@@ -59,7 +59,8 @@ pub enum Command {
     /// Mount IMAGE_DIR read-only at MOUNTPOINT, every qcow2 image a folder.
     Mount(MountArgs),
     /// Write an image's chain of qcow2 layers (the files of chain/ or
-    /// forward/, and chain.json) into OUTDIR, without a mount.
+    /// forward/, chain.json and SHA256SUMS) into OUTDIR, without a mount;
+    /// every file is on disk when it returns.
     Export {
         /// Reverse chain, as in chain/ (the default).
         #[arg(long, conflicts_with = "forward")]

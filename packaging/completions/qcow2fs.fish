@@ -29,7 +29,7 @@ complete -c qcow2fs -n "__fish_qcow2fs_needs_command" -s V -l version -d 'Print 
 complete -c qcow2fs -n "__fish_qcow2fs_needs_command" -f -a "info" -d 'Report an image\'s header, snapshots, table figures and consistency'
 complete -c qcow2fs -n "__fish_qcow2fs_needs_command" -f -a "check" -d 'Check an image\'s consistency; exit 0 clean, 1 check not possible, 2 corruptions, 3 leaks only (as qemu-img check)'
 complete -c qcow2fs -n "__fish_qcow2fs_needs_command" -f -a "mount" -d 'Mount IMAGE_DIR read-only at MOUNTPOINT, every qcow2 image a folder'
-complete -c qcow2fs -n "__fish_qcow2fs_needs_command" -f -a "export" -d 'Write an image\'s chain of qcow2 layers (the files of chain/ or forward/, and chain.json) into OUTDIR, without a mount'
+complete -c qcow2fs -n "__fish_qcow2fs_needs_command" -f -a "export" -d 'Write an image\'s chain of qcow2 layers (the files of chain/ or forward/, chain.json and SHA256SUMS) into OUTDIR, without a mount; every file is on disk when it returns'
 complete -c qcow2fs -n "__fish_qcow2fs_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c qcow2fs -n "__fish_qcow2fs_using_subcommand info" -l output -d 'Output format' -r -f -a "text\t'Human-readable text'
 json\t'JSON'"
@@ -51,5 +51,5 @@ complete -c qcow2fs -n "__fish_qcow2fs_using_subcommand export" -s h -l help -d 
 complete -c qcow2fs -n "__fish_qcow2fs_using_subcommand help; and not __fish_seen_subcommand_from info check mount export help" -f -a "info" -d 'Report an image\'s header, snapshots, table figures and consistency'
 complete -c qcow2fs -n "__fish_qcow2fs_using_subcommand help; and not __fish_seen_subcommand_from info check mount export help" -f -a "check" -d 'Check an image\'s consistency; exit 0 clean, 1 check not possible, 2 corruptions, 3 leaks only (as qemu-img check)'
 complete -c qcow2fs -n "__fish_qcow2fs_using_subcommand help; and not __fish_seen_subcommand_from info check mount export help" -f -a "mount" -d 'Mount IMAGE_DIR read-only at MOUNTPOINT, every qcow2 image a folder'
-complete -c qcow2fs -n "__fish_qcow2fs_using_subcommand help; and not __fish_seen_subcommand_from info check mount export help" -f -a "export" -d 'Write an image\'s chain of qcow2 layers (the files of chain/ or forward/, and chain.json) into OUTDIR, without a mount'
+complete -c qcow2fs -n "__fish_qcow2fs_using_subcommand help; and not __fish_seen_subcommand_from info check mount export help" -f -a "export" -d 'Write an image\'s chain of qcow2 layers (the files of chain/ or forward/, chain.json and SHA256SUMS) into OUTDIR, without a mount; every file is on disk when it returns'
 complete -c qcow2fs -n "__fish_qcow2fs_using_subcommand help; and not __fish_seen_subcommand_from info check mount export help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
