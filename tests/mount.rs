@@ -359,21 +359,8 @@ fn large_reads_are_served_side_by_side_and_failures_are_logged_once() {
         orphan.to_str().unwrap(),
         "4M",
     ]);
-    let mp = at(d.path(), "mnt");
-    std::fs::create_dir_all(&mp).unwrap();
-    let mp = std::fs::canonicalize(&mp).unwrap();
     let log = at(d.path(), "log");
-    let child = Command::new(bin())
-        .env("RUST_LOG", "qcow2fs=debug")
-        .args(["mount", src.to_str().unwrap(), mp.to_str().unwrap()])
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    wait_until("the mount", || is_mounted(&mp));
-    let mut m = Mount {
-        child: Some(child),
-        mp,
-    };
+    let mut m = Mount::logged(&src, &at(d.path(), "mnt"), &log);
     let f = m.path("vm.qcow2/active.raw");
     run(
         "dd",

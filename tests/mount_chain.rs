@@ -232,21 +232,8 @@ fn export_puts_every_file_on_disk_before_it_returns() {
 fn a_copy_is_hashed_as_it_is_read_holes_and_all() {
     let (d, src) = scratch_images();
     build_chain_image(&src, "vm.qcow2", "");
-    let mp = d.path().join("mnt");
-    std::fs::create_dir_all(&mp).unwrap();
-    let mp = std::fs::canonicalize(&mp).unwrap();
     let log = at(d.path(), "log");
-    let child = std::process::Command::new(bin())
-        .env("RUST_LOG", "qcow2fs=debug")
-        .args(["mount", src.to_str().unwrap(), mp.to_str().unwrap()])
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    wait_until("the mount", || is_mounted(&mp));
-    let mut m = Mount {
-        child: Some(child),
-        mp,
-    };
+    let mut m = Mount::logged(&src, &d.path().join("mnt"), &log);
     // The source files have holes (the rest of a cluster past a short L1
     // table), which GNU cp skips with SEEK_HOLE.
     let holed = std::fs::read_dir(&src).unwrap().any(|e| {

@@ -270,9 +270,21 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 
 impl Mount {
     pub fn new(dir: &Path, mp: &Path, extra: &[&str]) -> Mount {
+        Mount::spawn(dir, mp, extra, Command::new(bin()))
+    }
+
+    /// A mount that logs at debug level into the file `log`.
+    pub fn logged(dir: &Path, mp: &Path, log: &Path) -> Mount {
+        let mut cmd = Command::new(bin());
+        cmd.env("RUST_LOG", "qcow2fs=debug")
+            .stderr(std::fs::File::create(log).unwrap());
+        Mount::spawn(dir, mp, &[], cmd)
+    }
+
+    fn spawn(dir: &Path, mp: &Path, extra: &[&str], mut cmd: Command) -> Mount {
         std::fs::create_dir_all(mp).unwrap();
         let mp = std::fs::canonicalize(mp).unwrap();
-        let child = Command::new(bin())
+        let child = cmd
             .arg("mount")
             .args(extra)
             .arg(dir)
