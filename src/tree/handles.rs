@@ -191,14 +191,14 @@ impl Tree {
     /// Read up to `size` bytes at `offset` from an open file.
     pub fn read(&self, fh: u64, offset: u64, size: usize) -> Result<ReadBytes> {
         let h = self.handle(fh)?;
-        let node = h.lock().node.clone();
+        let (node, view, entry, hashing) = {
+            let g = h.lock();
+            let view = Arc::clone(&g.view);
+            (g.node.clone(), view, g.entry.clone(), g.hashing.clone())
+        };
         let mut buf = readbuf::POOL.take(size);
         let result = (|| {
             let buf = &mut buf[..size];
-            let (view, entry) = {
-                let g = h.lock();
-                (Arc::clone(&g.view), g.entry.clone())
-            };
             let n = view.read_at(buf, offset)?;
             // Validate after the read, with one stat: if the image changed
             // since the view was resolved, the bytes may be stale or mix two
@@ -222,11 +222,13 @@ impl Tree {
         match result {
             Ok(n) => {
                 let bytes = ReadBytes::new(buf, n, &readbuf::POOL);
-                self.hash_read(&h, offset, &bytes);
+                if let Some(t) = hashing {
+                    t.feed(offset, &bytes);
+                }
                 Ok(bytes)
             }
             Err(e) => {
-                if let (Some(rel), Some(entry)) = (image_of(&node), h.lock().entry.clone()) {
+                if let (Some(rel), Some(entry)) = (image_of(&node), entry) {
                     entry.log_once(&self.root.join(rel), &e);
                 } else {
                     log::warn!("{node:?}: {e}");

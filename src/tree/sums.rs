@@ -17,7 +17,6 @@ use super::node::Node;
 use crate::chain::{self, Direction};
 use crate::error::Result;
 use crate::parallel::map_side_by_side;
-use crate::readbuf::ReadBytes;
 use crate::sums::{self, HashThread, Sha256Digest};
 use crate::view::View;
 
@@ -177,14 +176,6 @@ impl Tree {
         if h.hashing.is_some() && !self.digests.lock().contains_key(&h.node) {
             log::debug!("{:?}: closed before it was read in full", h.node);
             self.scattered.lock().insert(h.node.clone());
-        }
-    }
-
-    /// Hand a read's bytes to the handle's hashing thread.
-    pub(super) fn hash_read(&self, h: &Arc<Mutex<Handle>>, offset: u64, bytes: &ReadBytes) {
-        let hashing = h.lock().hashing.clone();
-        if let Some(t) = hashing {
-            t.feed(offset, bytes);
         }
     }
 }
