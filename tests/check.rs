@@ -239,18 +239,34 @@ fn info_reports_every_part() {
 fn check_of_an_unreadable_image_exits_1() {
     let d = scratch();
     let img = at(d.path(), "enc.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
-        "secret,id=s0,data=pw",
-        "-o",
-        "encrypt.format=luks,encrypt.key-secret=s0",
-        img.to_str().unwrap(),
-        "4M",
-    ]);
+    // qemu-img times PBKDF2 on the thread's CPU clock to choose the LUKS
+    // iteration count, and gives up ("Unable to get accurate CPU usage")
+    // when a busy VM's clock does not advance: ask it again.
+    for attempt in 1.. {
+        let out = std::process::Command::new("qemu-img")
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "--object",
+                "secret,id=s0,data=pw",
+                "-o",
+                "encrypt.format=luks,encrypt.key-secret=s0",
+                img.to_str().unwrap(),
+                "4M",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            attempt < 5 && err.contains("accurate CPU usage"),
+            "qemu-img create (attempt {attempt}): {err}"
+        );
+    }
     let (code, _, err) = qcow2fs(&["check", img.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("encryption"), "{err}");
