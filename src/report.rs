@@ -35,18 +35,30 @@ impl Info {
 
     /// Gather the report, taking each chain's layer figures from `layers`
     /// (a mount passes the layers it has planned already).
+    /// The check and the planning of the layers read the same tables and
+    /// share nothing else: they run side by side.
     pub fn gather_with(
         image: &Arc<Image>,
-        layers: &dyn Fn(Direction) -> crate::Result<Vec<LayerFigures>>,
+        layers: &(dyn Fn(Direction) -> crate::Result<Vec<LayerFigures>> + Sync),
     ) -> crate::Result<Info> {
+        let (check, chains) = std::thread::scope(|s| {
+            let planning = s.spawn(|| {
+                [Direction::Reverse, Direction::Forward]
+                    .into_iter()
+                    .map(|d| (d, layers(d).map_err(|e| e.to_string())))
+                    .collect()
+            });
+            let check = check(image);
+            let chains = planning
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (check, chains)
+        });
         Ok(Info {
             image: Arc::clone(image),
-            check: check(image)?,
+            check: check?,
             in_use: crate::lock::in_use(image.path()),
-            chains: [Direction::Reverse, Direction::Forward]
-                .into_iter()
-                .map(|d| (d, layers(d).map_err(|e| e.to_string())))
-                .collect(),
+            chains,
         })
     }
 
