@@ -256,7 +256,10 @@ impl Filesystem for Fs {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(Errno::from_i32(libc::ENODATA));
+        // No file has extended attributes. ENOSYS tells the kernel once for
+        // the whole mount, so that `ls -l`'s look-ups of security and ACL
+        // attributes are answered without a round trip (EOPNOTSUPP).
+        reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {

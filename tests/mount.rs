@@ -152,6 +152,30 @@ fn files_behave_like_files() {
         std::fs::Permissions::from_mode(0o777),
     ));
 
+    // No file has extended attributes: the list is empty, and asking for
+    // one says that the mount has none (after one round trip, once).
+    let path = std::ffi::CString::new(snap.to_str().unwrap()).unwrap();
+    for name in [c"user.x", c"security.selinux"] {
+        let mut value = [0u8; 64];
+        let got = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        assert_eq!(got, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EOPNOTSUPP)
+        );
+    }
+    assert_eq!(
+        unsafe { libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0) },
+        0
+    );
+
     // statfs answers.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     let c = std::ffi::CString::new(m.mp.to_str().unwrap()).unwrap();
