@@ -175,6 +175,25 @@ fn files_behave_like_files() {
         unsafe { libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0) },
         0
     );
+    // Copies that keep attributes copy such files without any.
+    let kept = at(d.path(), "kept");
+    std::fs::create_dir(&kept).unwrap();
+    run(
+        "cp",
+        &["-a", snap.to_str().unwrap(), kept.to_str().unwrap()],
+    );
+    run(
+        "rsync",
+        &[
+            "-aX",
+            snap.to_str().unwrap(),
+            kept.join("x.raw").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(kept.join("x.raw")).unwrap(),
+        std::fs::read(&snap).unwrap()
+    );
 
     // statfs answers.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
