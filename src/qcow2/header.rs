@@ -186,55 +186,13 @@ impl Header {
 
     /// Read and validate the header of `file`.
     pub fn read(file: &SourceFile) -> Result<Header> {
-        let mut first = [0u8; 112];
-        let avail = file.readable_len().min(first.len() as u64) as usize;
-        if avail < 4 {
-            return Err(Error::NotQcow2 {
-                path: file.path().to_path_buf(),
-            });
-        }
-        file.read_exact_at(&mut first[..avail], 0, "header")?;
-        let be = Be::new(&first[..avail], "header");
-        if be.u32(field::MAGIC)? != QCOW2_MAGIC {
-            return Err(Error::NotQcow2 {
-                path: file.path().to_path_buf(),
-            });
-        }
-        let version = be.u32(field::VERSION)?;
-        if version != 2 && version != 3 {
-            return Err(Error::Unsupported {
-                feature: format!("qcow2 version {version}"),
-            });
-        }
-        let cluster_bits = be.u32(field::CLUSTER_BITS)?;
-        if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
-            return Err(Error::corrupt(
-                "header",
-                format!(
-                    "cluster_bits {cluster_bits} outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}"
-                ),
-            ));
-        }
-        let cluster_size = 1u64 << cluster_bits;
-        let header_length = if version == 2 {
-            V2_HEADER_LENGTH
-        } else {
-            be.u32(field::HEADER_LENGTH)?
-        };
-        if version == 3 && (header_length < V3_MIN_HEADER_LENGTH || header_length % 8 != 0) {
-            return Err(Error::corrupt(
-                "header",
-                format!("header_length {header_length} is not a multiple of 8 of at least 104"),
-            ));
-        }
-        if u64::from(header_length) > cluster_size {
-            return Err(Error::corrupt(
-                "header",
-                format!("header_length {header_length} exceeds the cluster size {cluster_size}"),
-            ));
-        }
+        let Start {
+            version,
+            cluster_bits,
+            header_length,
+        } = Start::read(file)?;
         // The header and its extensions live in the first cluster.
-        let first_cluster_len = cluster_size.min(file.readable_len());
+        let first_cluster_len = (1u64 << cluster_bits).min(file.readable_len());
         let cluster = file.read_vec(0, first_cluster_len, "header cluster")?;
         let be = Be::new(&cluster, "header");
 
@@ -249,27 +207,8 @@ impl Header {
             } else {
                 (0, 0, 0, 4)
             };
-        let compression_type = if version == 3 && header_length > 104 {
-            match be.u8(field::COMPRESSION_TYPE)? {
-                0 => CompressionType::Zlib,
-                1 => CompressionType::Zstd,
-                t => {
-                    return Err(Error::Unsupported {
-                        feature: format!("compression type {t}"),
-                    });
-                }
-            }
-        } else {
-            CompressionType::Zlib
-        };
-        if compression_type != CompressionType::Zlib
-            && incompatible_features & INCOMPAT_COMPRESSION == 0
-        {
-            return Err(Error::corrupt(
-                "header",
-                "compression_type is set but the compression incompatible bit is not",
-            ));
-        }
+        let compression_type =
+            compression_type(&be, version, header_length, incompatible_features)?;
         let mut h = Header {
             version,
             backing_file_offset: be.u64(field::BACKING_FILE_OFFSET)?,
@@ -298,22 +237,28 @@ impl Header {
         };
         h.read_extensions(&be)?;
         h.validate(file)?;
-        if h.backing_file_offset != 0 && h.backing_file_size != 0 {
-            if h.backing_file_size > MAX_BACKING_FILE_NAME {
-                return Err(Error::TooLarge {
-                    what: "backing_file_size",
-                    value: u64::from(h.backing_file_size),
-                    limit: u64::from(MAX_BACKING_FILE_NAME),
-                });
-            }
-            let name = file.read_vec(
-                h.backing_file_offset,
-                u64::from(h.backing_file_size),
-                "backing file name",
-            )?;
-            h.backing_file = Some(String::from_utf8_lossy(&name).into_owned());
-        }
+        h.backing_file = h.read_backing_file_name(file)?;
         Ok(h)
+    }
+
+    /// The backing file name the header points at, if any.
+    fn read_backing_file_name(&self, file: &SourceFile) -> Result<Option<String>> {
+        if self.backing_file_offset == 0 || self.backing_file_size == 0 {
+            return Ok(None);
+        }
+        if self.backing_file_size > MAX_BACKING_FILE_NAME {
+            return Err(Error::TooLarge {
+                what: "backing_file_size",
+                value: u64::from(self.backing_file_size),
+                limit: u64::from(MAX_BACKING_FILE_NAME),
+            });
+        }
+        let name = file.read_vec(
+            self.backing_file_offset,
+            u64::from(self.backing_file_size),
+            "backing file name",
+        )?;
+        Ok(Some(String::from_utf8_lossy(&name).into_owned()))
     }
 
     fn validate(&self, file: &SourceFile) -> Result<()> {
@@ -395,6 +340,101 @@ impl Header {
         }
         Ok(())
     }
+}
+
+/// What the first bytes of a header say before the rest can be read: that
+/// the file is qcow2, its version, and how long its header and clusters are.
+struct Start {
+    version: u32,
+    cluster_bits: u32,
+    header_length: u32,
+}
+
+impl Start {
+    fn read(file: &SourceFile) -> Result<Start> {
+        let mut first = [0u8; 112];
+        let avail = file.readable_len().min(first.len() as u64) as usize;
+        if avail < 4 {
+            return Err(Error::NotQcow2 {
+                path: file.path().to_path_buf(),
+            });
+        }
+        file.read_exact_at(&mut first[..avail], 0, "header")?;
+        let be = Be::new(&first[..avail], "header");
+        if be.u32(field::MAGIC)? != QCOW2_MAGIC {
+            return Err(Error::NotQcow2 {
+                path: file.path().to_path_buf(),
+            });
+        }
+        let version = be.u32(field::VERSION)?;
+        if version != 2 && version != 3 {
+            return Err(Error::Unsupported {
+                feature: format!("qcow2 version {version}"),
+            });
+        }
+        let cluster_bits = be.u32(field::CLUSTER_BITS)?;
+        if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
+            return Err(Error::corrupt(
+                "header",
+                format!(
+                    "cluster_bits {cluster_bits} outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}"
+                ),
+            ));
+        }
+        let header_length = if version == 2 {
+            V2_HEADER_LENGTH
+        } else {
+            be.u32(field::HEADER_LENGTH)?
+        };
+        if version == 3 && (header_length < V3_MIN_HEADER_LENGTH || header_length % 8 != 0) {
+            return Err(Error::corrupt(
+                "header",
+                format!("header_length {header_length} is not a multiple of 8 of at least 104"),
+            ));
+        }
+        let cluster_size = 1u64 << cluster_bits;
+        if u64::from(header_length) > cluster_size {
+            return Err(Error::corrupt(
+                "header",
+                format!("header_length {header_length} exceeds the cluster size {cluster_size}"),
+            ));
+        }
+        Ok(Start {
+            version,
+            cluster_bits,
+            header_length,
+        })
+    }
+}
+
+/// The compression type field: present in version 3 headers longer than
+/// 104 bytes, and set only together with its incompatible bit.
+fn compression_type(
+    be: &Be<'_>,
+    version: u32,
+    header_length: u32,
+    incompatible_features: u64,
+) -> Result<CompressionType> {
+    let t = if version == 3 && header_length > V3_MIN_HEADER_LENGTH {
+        match be.u8(field::COMPRESSION_TYPE)? {
+            0 => CompressionType::Zlib,
+            1 => CompressionType::Zstd,
+            t => {
+                return Err(Error::Unsupported {
+                    feature: format!("compression type {t}"),
+                });
+            }
+        }
+    } else {
+        CompressionType::Zlib
+    };
+    if t != CompressionType::Zlib && incompatible_features & INCOMPAT_COMPRESSION == 0 {
+        return Err(Error::corrupt(
+            "header",
+            "compression_type is set but the compression incompatible bit is not",
+        ));
+    }
+    Ok(t)
 }
 
 /// The header of a synthesized layer: a qcow2 v3 header over an optional

@@ -101,9 +101,25 @@ pub fn read_snapshots(file: &SourceFile, h: &Header) -> Result<(Vec<Snapshot>, u
     if h.nb_snapshots == 0 {
         return Ok((Vec::new(), 0));
     }
-    let for_check = file.past_end() == PastEnd::Zeros;
-    // The table's length is only known after walking it; read at most the
-    // named limit, clipped to the file, then walk inside that buffer.
+    let mut table = GrowingRead {
+        file,
+        start: h.snapshots_offset,
+        limit: table_room(file, h)?,
+        buf: Vec::new(),
+    };
+    let mut snaps = Vec::with_capacity(h.nb_snapshots as usize);
+    let mut off = 0usize;
+    for index in 0..h.nb_snapshots as usize {
+        let (snap, end) = read_entry(&mut table, h, index, off)?;
+        snaps.push(snap);
+        off = end.div_ceil(8) * 8;
+    }
+    Ok((snaps, off as u64))
+}
+
+/// The bytes the snapshot table may take: its length is only known after
+/// walking it, so it is read up to the named limit, clipped to the file.
+fn table_room(file: &SourceFile, h: &Header) -> Result<u64> {
     let room = file
         .readable_len()
         .checked_sub(h.snapshots_offset)
@@ -122,102 +138,124 @@ pub fn read_snapshots(file: &SourceFile, h: &Header) -> Result<(Vec<Snapshot>, u
         room,
         MAX_SNAPSHOT_TABLE_BYTES,
     )?;
-    let mut table = GrowingRead {
-        file,
-        start: h.snapshots_offset,
-        limit: room,
-        buf: Vec::new(),
-    };
-    let mut snaps = Vec::with_capacity(h.nb_snapshots as usize);
-    let mut off = 0usize;
-    for index in 0..h.nb_snapshots as usize {
-        let what = format!(
-            "snapshot table at {:#x}: entry {index} at byte {off}",
-            h.snapshots_offset
-        );
-        let truncated = |needed: usize| {
-            if needed as u64 > MAX_SNAPSHOT_TABLE_BYTES {
-                Error::TooLarge {
-                    what: "snapshot table size",
-                    value: needed as u64,
-                    limit: MAX_SNAPSHOT_TABLE_BYTES,
-                }
-            } else {
-                Error::corrupt(what.clone(), "runs past the end of the file")
-            }
-        };
-        // The fixed part tells how long the rest of the entry is.
-        let fixed_end = off + SNAPSHOT_ENTRY_FIXED;
-        table.need(fixed_end).map_err(|_| truncated(fixed_end))?;
-        let fixed = Be::new(&table.buf, "snapshot table").bytes(off, SNAPSHOT_ENTRY_FIXED)?;
-        let e = Be::new(fixed, &what);
-        let l1_table_offset = e.u64(0)?;
-        let l1_size = e.u32(8)?;
-        let id_str_size = e.u16(12)? as usize;
-        let name_size = e.u16(14)? as usize;
-        let date_sec = e.u32(16)?;
-        let date_nsec = e.u32(20)?;
-        let vm_clock_nsec = e.u64(24)?;
-        let vm_state_size32 = e.u32(32)?;
-        let extra_data_size = e.u32(36)?;
-        if extra_data_size > MAX_SNAPSHOT_EXTRA_DATA {
-            return Err(Error::TooLarge {
-                what: "snapshot extra_data_size",
-                value: u64::from(extra_data_size),
-                limit: u64::from(MAX_SNAPSHOT_EXTRA_DATA),
-            });
-        }
-        let extra_len = extra_data_size as usize;
-        let extra_off = off + SNAPSHOT_ENTRY_FIXED;
-        let end = extra_off + extra_len + id_str_size + name_size;
-        table.need(end).map_err(|_| truncated(end))?;
-        let be = Be::new(&table.buf, "snapshot table");
-        let extra = Be::new(be.bytes(extra_off, extra_len)?, &what);
-        if h.version >= 3 && extra_len < V3_EXTRA_DATA && !for_check {
-            return Err(Error::corrupt(
-                what.clone(),
-                format!("extra_data_size {extra_len} is below the 16 bytes version 3 requires"),
-            ));
-        }
-        let vm_state_size = if extra_len >= 8 {
-            extra.u64(0)?
-        } else {
-            u64::from(vm_state_size32)
-        };
-        let disk_size = if extra_len >= 16 {
-            extra.u64(8)? & !(SECTOR_SIZE - 1)
-        } else {
-            h.size
-        };
-        let icount = if extra_len >= 24 {
-            Some(extra.u64(16)?).filter(|&c| c != u64::MAX)
-        } else {
-            None
-        };
-        let id_off = extra_off + extra_len;
-        let id = be.bytes(id_off, id_str_size)?;
-        let name = be.bytes(id_off + id_str_size, name_size)?;
-        off = end.div_ceil(8) * 8;
+    Ok(room)
+}
 
-        if !for_check {
-            validate_l1(file, h, &what, l1_table_offset, l1_size, disk_size)?;
+/// Entry `index` of the snapshot table, at byte `off` of it; with the byte
+/// where the entry ends (the next one starts at the next multiple of 8).
+fn read_entry(
+    table: &mut GrowingRead,
+    h: &Header,
+    index: usize,
+    off: usize,
+) -> Result<(Snapshot, usize)> {
+    let for_check = table.file.past_end() == PastEnd::Zeros;
+    let what = format!(
+        "snapshot table at {:#x}: entry {index} at byte {off}",
+        h.snapshots_offset
+    );
+    let truncated = |needed: usize| {
+        if needed as u64 > MAX_SNAPSHOT_TABLE_BYTES {
+            Error::TooLarge {
+                what: "snapshot table size",
+                value: needed as u64,
+                limit: MAX_SNAPSHOT_TABLE_BYTES,
+            }
+        } else {
+            Error::corrupt(what.clone(), "runs past the end of the file")
         }
-        snaps.push(Snapshot {
-            index,
-            l1_table_offset,
-            l1_size,
-            id: String::from_utf8_lossy(id).into_owned(),
-            name: String::from_utf8_lossy(name).into_owned(),
-            date_sec,
-            date_nsec,
-            vm_clock_nsec,
-            vm_state_size,
-            disk_size,
-            icount,
-            extra_data_size,
+    };
+    // The fixed part tells how long the rest of the entry is.
+    let fixed_end = off + SNAPSHOT_ENTRY_FIXED;
+    table.need(fixed_end).map_err(|_| truncated(fixed_end))?;
+    let fixed = Be::new(&table.buf, "snapshot table").bytes(off, SNAPSHOT_ENTRY_FIXED)?;
+    let e = Be::new(fixed, &what);
+    let l1_table_offset = e.u64(0)?;
+    let l1_size = e.u32(8)?;
+    let id_str_size = e.u16(12)? as usize;
+    let name_size = e.u16(14)? as usize;
+    let date_sec = e.u32(16)?;
+    let date_nsec = e.u32(20)?;
+    let vm_clock_nsec = e.u64(24)?;
+    let vm_state_size32 = e.u32(32)?;
+    let extra_data_size = e.u32(36)?;
+    if extra_data_size > MAX_SNAPSHOT_EXTRA_DATA {
+        return Err(Error::TooLarge {
+            what: "snapshot extra_data_size",
+            value: u64::from(extra_data_size),
+            limit: u64::from(MAX_SNAPSHOT_EXTRA_DATA),
         });
     }
-    Ok((snaps, off as u64))
+    let extra_len = extra_data_size as usize;
+    let extra_off = off + SNAPSHOT_ENTRY_FIXED;
+    let end = extra_off + extra_len + id_str_size + name_size;
+    table.need(end).map_err(|_| truncated(end))?;
+    let be = Be::new(&table.buf, "snapshot table");
+    if h.version >= 3 && extra_len < V3_EXTRA_DATA && !for_check {
+        return Err(Error::corrupt(
+            what.clone(),
+            format!("extra_data_size {extra_len} is below the 16 bytes version 3 requires"),
+        ));
+    }
+    let extra = Extra::decode(&Be::new(be.bytes(extra_off, extra_len)?, &what), h)?;
+    let id_off = extra_off + extra_len;
+    let id = be.bytes(id_off, id_str_size)?;
+    let name = be.bytes(id_off + id_str_size, name_size)?;
+    if !for_check {
+        validate_l1(
+            table.file,
+            h,
+            &what,
+            l1_table_offset,
+            l1_size,
+            extra.disk_size,
+        )?;
+    }
+    let snap = Snapshot {
+        index,
+        l1_table_offset,
+        l1_size,
+        id: String::from_utf8_lossy(id).into_owned(),
+        name: String::from_utf8_lossy(name).into_owned(),
+        date_sec,
+        date_nsec,
+        vm_clock_nsec,
+        vm_state_size: extra.vm_state_size.unwrap_or(u64::from(vm_state_size32)),
+        disk_size: extra.disk_size,
+        icount: extra.icount,
+        extra_data_size,
+    };
+    Ok((snap, end))
+}
+
+/// The fields of an entry's extra data, each present only when the extra
+/// data is long enough to hold it.
+struct Extra {
+    /// The 64-bit VM state size (else the 32-bit field of the fixed part).
+    vm_state_size: Option<u64>,
+    /// The snapshot's disk size (else the image's).
+    disk_size: u64,
+    /// The instruction count, unless absent or -1.
+    icount: Option<u64>,
+}
+
+impl Extra {
+    fn decode(extra: &Be<'_>, h: &Header) -> Result<Extra> {
+        let len = extra.len();
+        Ok(Extra {
+            vm_state_size: if len >= 8 { Some(extra.u64(0)?) } else { None },
+            disk_size: if len >= 16 {
+                extra.u64(8)? & !(SECTOR_SIZE - 1)
+            } else {
+                h.size
+            },
+            icount: if len >= 24 {
+                Some(extra.u64(16)?).filter(|&c| c != u64::MAX)
+            } else {
+                None
+            },
+        })
+    }
 }
 
 /// A snapshot's L1 table: aligned, within the size limit, inside the file,
