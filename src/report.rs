@@ -35,6 +35,7 @@ impl Info {
 
     /// Gather the report, taking each chain's layer figures from `layers`
     /// (a mount passes the layers it has planned already).
+    ///
     /// The check and the planning of the layers read the same tables and
     /// share nothing else: they run side by side.
     pub fn gather_with(
