@@ -259,21 +259,44 @@ impl LayerFigures {
     }
 }
 
-/// The figures of every layer of a chain, bottom first, each state's tables
-/// walked once.
-pub fn figures(image: &Arc<Image>, dir: Direction) -> Result<Vec<LayerFigures>> {
-    let maps = parking_lot::Mutex::new(std::collections::HashMap::new());
-    let map = |w: StateId| -> Result<Arc<ClusterMap>> {
-        if let Some(m) = maps.lock().get(&w) {
+/// Each state's cluster map, made once and shared by every layer planned
+/// from it (the layers of both chains, for `info`).
+pub struct StateMaps<'a> {
+    image: &'a Arc<Image>,
+    maps: parking_lot::Mutex<std::collections::HashMap<StateId, Arc<ClusterMap>>>,
+}
+
+impl<'a> StateMaps<'a> {
+    /// No map made yet.
+    pub fn new(image: &'a Arc<Image>) -> StateMaps<'a> {
+        StateMaps {
+            image,
+            maps: Default::default(),
+        }
+    }
+
+    /// The map of state `w`, made on first use.
+    pub fn get(&self, w: StateId) -> Result<Arc<ClusterMap>> {
+        if let Some(m) = self.maps.lock().get(&w) {
             return Ok(Arc::clone(m));
         }
-        let m = Arc::new(ClusterMap::of(&image.state(w)?)?);
-        maps.lock().insert(w, Arc::clone(&m));
+        let m = Arc::new(ClusterMap::of(&self.image.state(w)?)?);
+        self.maps.lock().insert(w, Arc::clone(&m));
         Ok(m)
-    };
+    }
+}
+
+/// The figures of every layer of a chain, bottom first, the states' maps
+/// taken from `maps`.
+pub fn figures(image: &Arc<Image>, dir: Direction, maps: &StateMaps) -> Result<Vec<LayerFigures>> {
     layers(image, dir)
         .iter()
-        .map(|s| Ok(LayerFigures::of(s, &build_with(image, s, &map)?)))
+        .map(|s| {
+            Ok(LayerFigures::of(
+                s,
+                &build_with(image, s, &|w| maps.get(w))?,
+            ))
+        })
         .collect()
 }
 

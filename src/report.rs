@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::chain::{Direction, LayerFigures, figures};
+use crate::chain::{Direction, LayerFigures, StateMaps, figures};
 use crate::check::{CheckReport, check};
 use crate::image::Image;
 use crate::qcow2::header::*;
@@ -30,7 +30,8 @@ fn chain_folder(dir: Direction) -> &'static str {
 impl Info {
     /// Gather the report for an opened image (runs the consistency check).
     pub fn gather(image: &Arc<Image>) -> crate::Result<Info> {
-        Info::gather_with(image, &|d| figures(image, d))
+        let maps = StateMaps::new(image);
+        Info::gather_with(image, &|d| figures(image, d, &maps))
     }
 
     /// Gather the report, taking each chain's layer figures from `layers`
