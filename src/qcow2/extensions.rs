@@ -1,7 +1,6 @@
 //! Header extensions (spec, "Header extensions"): backing format, external
 //! data file, feature names, bitmaps.
 
-use super::header::Header;
 use crate::error::{Error, Result};
 use crate::qcow2::be::Be;
 
@@ -36,10 +35,22 @@ pub struct BitmapDirectory {
     pub offset: u64,
 }
 
-impl Header {
-    /// Decode the extensions that follow the header in its first cluster.
-    pub(super) fn read_extensions(&mut self, be: &Be) -> Result<()> {
-        let mut off = self.header_length as usize;
+/// What the header extensions say, as far as this reader uses them.
+#[derive(Default)]
+pub(super) struct Extensions {
+    pub(super) backing_format: Option<String>,
+    pub(super) data_file: Option<String>,
+    pub(super) feature_names: Vec<FeatureName>,
+    pub(super) has_bitmaps: bool,
+    pub(super) bitmap_directory: Option<BitmapDirectory>,
+}
+
+impl Extensions {
+    /// Decode the extensions that follow a header of `header_length` bytes
+    /// in its first cluster, `be`.
+    pub(super) fn read(be: &Be, header_length: u32) -> Result<Extensions> {
+        let mut ext = Extensions::default();
+        let mut off = header_length as usize;
         // Extensions end at a zero type or at the end of the first cluster.
         while off + 8 <= be.len() {
             let ty = be.u32(off)?;
@@ -59,13 +70,13 @@ impl Header {
             );
             match ty {
                 EXT_BACKING_FORMAT => {
-                    self.backing_format = Some(ext_string(data.bytes(0, len)?));
+                    ext.backing_format = Some(ext_string(data.bytes(0, len)?));
                 }
-                EXT_DATA_FILE => self.data_file = Some(ext_string(data.bytes(0, len)?)),
+                EXT_DATA_FILE => ext.data_file = Some(ext_string(data.bytes(0, len)?)),
                 EXT_FEATURE_NAMES => {
                     for i in 0..len / 48 {
                         let e = data.bytes(i * 48, 48)?;
-                        self.feature_names.push(FeatureName {
+                        ext.feature_names.push(FeatureName {
                             kind: e[0],
                             bit: e[1],
                             name: ext_string(&e[2..]),
@@ -73,9 +84,9 @@ impl Header {
                     }
                 }
                 EXT_BITMAPS => {
-                    self.has_bitmaps = true;
+                    ext.has_bitmaps = true;
                     if len >= 24 {
-                        self.bitmap_directory = Some(BitmapDirectory {
+                        ext.bitmap_directory = Some(BitmapDirectory {
                             count: data.u32(0)?,
                             size: data.u64(8)?,
                             offset: data.u64(16)?,
@@ -90,7 +101,7 @@ impl Header {
                 .checked_add(8 + len.div_ceil(8) * 8)
                 .ok_or_else(|| Error::corrupt(what, "length overflows"))?;
         }
-        Ok(())
+        Ok(ext)
     }
 }
 

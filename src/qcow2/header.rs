@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::qcow2::be::Be;
 pub use crate::qcow2::extensions::{BitmapDirectory, FeatureName};
-use crate::qcow2::extensions::{EXT_BACKING_FORMAT, EXT_END};
+use crate::qcow2::extensions::{EXT_BACKING_FORMAT, EXT_END, Extensions};
 use crate::qcow2::offsets::HostOffset;
 use crate::qcow2::table::validate_table;
 use crate::source::SourceFile;
@@ -209,6 +209,7 @@ impl Header {
             };
         let compression_type =
             compression_type(&be, version, header_length, incompatible_features)?;
+        let ext = Extensions::read(&be, header_length)?;
         let mut h = Header {
             version,
             backing_file_offset: be.u64(field::BACKING_FILE_OFFSET)?,
@@ -229,13 +230,12 @@ impl Header {
             header_length,
             compression_type,
             backing_file: None,
-            backing_format: None,
-            data_file: None,
-            feature_names: Vec::new(),
-            has_bitmaps: false,
-            bitmap_directory: None,
+            backing_format: ext.backing_format,
+            data_file: ext.data_file,
+            feature_names: ext.feature_names,
+            has_bitmaps: ext.has_bitmaps,
+            bitmap_directory: ext.bitmap_directory,
         };
-        h.read_extensions(&be)?;
         h.validate(file)?;
         h.backing_file = h.read_backing_file_name(file)?;
         Ok(h)

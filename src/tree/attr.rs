@@ -5,7 +5,8 @@ use std::time::SystemTime;
 
 use super::Tree;
 use super::entry::ImageEntry;
-use super::freshness::{mtime_of, snapshot_time};
+use super::entry::mtime_of;
+use super::freshness::snapshot_time;
 use super::node::{Node, immutable};
 use crate::error::{Error, Result};
 use crate::image::StateId;

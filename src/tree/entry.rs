@@ -11,7 +11,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use super::Tree;
-use super::freshness::mtime_of;
 use super::memo::Memos;
 use super::node::{LayerKey, SnapKey, StateKey};
 use crate::chain::{self, Direction, LayerSpec};
@@ -47,6 +46,11 @@ impl Stamp {
             ctime_nsec: m.ctime_nsec(),
         }
     }
+}
+
+/// A file's mtime, or the epoch where the file system keeps none.
+pub(super) fn mtime_of(m: &std::fs::Metadata) -> SystemTime {
+    m.modified().unwrap_or(UNIX_EPOCH)
 }
 
 /// One opening of an image, valid while its stamp is.

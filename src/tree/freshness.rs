@@ -120,10 +120,6 @@ impl Sources {
     }
 }
 
-pub(super) fn mtime_of(m: &std::fs::Metadata) -> SystemTime {
-    m.modified().unwrap_or(UNIX_EPOCH)
-}
-
 pub(super) fn snapshot_time(k: &SnapKey) -> SystemTime {
     crate::qcow2::snapshot::date(k.date_sec, k.date_nsec)
 }
