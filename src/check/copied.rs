@@ -3,12 +3,12 @@
 
 use super::CheckReport;
 use crate::image::Image;
+use crate::image::Refcounts;
 use crate::qcow2::be::be64_table;
 use crate::qcow2::cluster::{
     L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED, QCOW_OFLAG_COPIED,
 };
 use crate::qcow2::header::INCOMPAT_DATA_FILE;
-use crate::qcow2::refcount::Refcounts;
 
 /// Bit 63 of active L1 and L2 entries must be set exactly when the stored
 /// refcount is one.

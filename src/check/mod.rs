@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::image::Image;
+use crate::image::Refcounts;
 use crate::qcow2::cluster::{REFT_OFFSET_MASK, REFT_RESERVED_MASK};
 use crate::qcow2::header::{AUTOCLEAR_BITMAPS, MAX_L1_BYTES};
-use crate::qcow2::refcount::Refcounts;
 use crate::qcow2::snapshot::V3_EXTRA_DATA;
 pub use bitmaps::{MAX_BITMAP_DIRECTORY_BYTES, MAX_CHECK_BITMAP_ENTRIES};
 use copied::check_oflag_copied;

@@ -8,11 +8,13 @@
 
 mod backing;
 mod inflate;
+mod refcounts;
 mod state;
 
 pub use crate::qcow2::cluster::Mapping;
 pub use backing::{Backing, MAX_BACKING_CHAIN, inside, resolve_name};
 use backing::{check_inside, open_backing};
+pub use refcounts::Refcounts;
 pub use state::{Run, State, VmState};
 
 use std::path::{Path, PathBuf};
