@@ -70,6 +70,10 @@ impl Tree {
                     gid: meta.gid(),
                 }
             };
+        // A generated file (or VM state) holds data in every block.
+        let dense = |meta: &std::fs::Metadata, size: u64, mtime: SystemTime| {
+            base(meta, Kind::File, size, size.div_ceil(512), mtime)
+        };
         match node {
             Node::Dir(rel) => {
                 let (_, m) = self.source(rel)?;
@@ -87,13 +91,7 @@ impl Tree {
                 let e = self.entry(rel)?;
                 let (t, j) = e.info(rel);
                 let len = if *json { j.len() } else { t.len() } as u64;
-                Ok(base(
-                    &e.meta,
-                    Kind::File,
-                    len,
-                    len.div_ceil(512),
-                    mtime_of(&e.meta),
-                ))
+                Ok(dense(&e.meta, len, mtime_of(&e.meta)))
             }
             Node::Active(rel) => {
                 let e = self.entry(rel)?;
@@ -112,13 +110,7 @@ impl Tree {
                 let e = self.entry(rel)?;
                 let i = e.snapshot_index(key)?;
                 let size = e.image()?.snapshots()[i].vm_state_size;
-                Ok(base(
-                    &e.meta,
-                    Kind::File,
-                    size,
-                    size.div_ceil(512),
-                    snapshot_time(key),
-                ))
+                Ok(dense(&e.meta, size, snapshot_time(key)))
             }
             Node::ChainDir(rel, _) => {
                 let e = self.entry(rel)?;
@@ -129,7 +121,7 @@ impl Tree {
                 let spec = e.spec(*dir, key)?;
                 let size = e.layer_size(&spec)?;
                 let mtime = self.distinct_mtime(node, &e, e.layer_time(&spec)?);
-                Ok(base(&e.meta, Kind::File, size, size.div_ceil(512), mtime))
+                Ok(dense(&e.meta, size, mtime))
             }
             Node::Pass(rel, _, _, path) => {
                 let e = self.entry(rel)?;
@@ -140,13 +132,13 @@ impl Tree {
                 let e = self.entry(rel)?;
                 let (size, t) = self.sums_attr(&e, rel, *dir)?;
                 let mtime = self.distinct_mtime(node, &e, t);
-                Ok(base(&e.meta, Kind::File, size, size.div_ceil(512), mtime))
+                Ok(dense(&e.meta, size, mtime))
             }
             Node::Manifest(rel, dir) => {
                 let e = self.entry(rel)?;
                 let len = e.manifest(*dir)?.len() as u64;
                 let mtime = self.distinct_mtime(node, &e, mtime_of(&e.meta));
-                Ok(base(&e.meta, Kind::File, len, len.div_ceil(512), mtime))
+                Ok(dense(&e.meta, len, mtime))
             }
         }
     }
