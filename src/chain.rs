@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 
 use serde_json::json;
 
+use crate::cache::ByteLru;
 use crate::error::{Error, Result};
 use crate::image::{Image, StateId, is_qcow2, resolve_name};
 use crate::layer::plan::PlanStats;
@@ -259,11 +260,17 @@ impl LayerFigures {
     }
 }
 
-/// Each state's cluster map, made once and shared by every layer planned
-/// from it (the layers of both chains, for `info`).
+/// Bytes of cluster maps kept while the layers of one image are planned
+/// outside a mount: as much as a mount's caches hold by default.
+const STATE_MAPS_BYTES: u64 = crate::cache::DEFAULT_CACHE_BYTES;
+
+/// The states' cluster maps for planning many layers of one image. The
+/// layers of a chain share their states two by two, so each state is
+/// mapped once as long as two maps fit in [`STATE_MAPS_BYTES`]; the maps
+/// kept never exceed it (but for one larger map, alone).
 pub struct StateMaps<'a> {
     image: &'a Arc<Image>,
-    maps: parking_lot::Mutex<std::collections::HashMap<StateId, Arc<ClusterMap>>>,
+    maps: ByteLru<StateId, ClusterMap>,
 }
 
 impl<'a> StateMaps<'a> {
@@ -271,18 +278,14 @@ impl<'a> StateMaps<'a> {
     pub fn new(image: &'a Arc<Image>) -> StateMaps<'a> {
         StateMaps {
             image,
-            maps: Default::default(),
+            maps: ByteLru::new(STATE_MAPS_BYTES),
         }
     }
 
     /// The map of state `w`, made on first use.
     pub fn get(&self, w: StateId) -> Result<Arc<ClusterMap>> {
-        if let Some(m) = self.maps.lock().get(&w) {
-            return Ok(Arc::clone(m));
-        }
-        let m = Arc::new(ClusterMap::of(&self.image.state(w)?)?);
-        self.maps.lock().insert(w, Arc::clone(&m));
-        Ok(m)
+        self.maps
+            .get_or_load(w, || ClusterMap::of(&self.image.state(w)?))
     }
 }
 
@@ -341,10 +344,13 @@ pub fn export(
 ) -> Result<()> {
     use sha2::{Digest, Sha256};
     let specs = layers(image, dir);
-    let built: Vec<Layer> = specs
-        .iter()
-        .map(|s| build(image, s))
-        .collect::<Result<_>>()?;
+    let built: Vec<Layer> = {
+        let maps = StateMaps::new(image);
+        specs
+            .iter()
+            .map(|s| build_with(image, s, &|w| maps.get(w)))
+            .collect::<Result<_>>()?
+    };
     let figures: Vec<LayerFigures> = specs
         .iter()
         .zip(&built)
@@ -357,15 +363,7 @@ pub fn export(
     names.push(SUMS_NAME.into());
     std::fs::create_dir_all(out).map_err(|e| Error::io("create folder", out, e))?;
     if !force {
-        for n in &names {
-            if out.join(n).exists() {
-                return Err(Error::io(
-                    "refusing to overwrite (use --force)",
-                    out.join(n),
-                    std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-                ));
-            }
-        }
+        refuse_overwrite(out, &names)?;
     }
     let mut views: Vec<(String, Box<dyn View>)> = Vec::new();
     for (s, l) in specs.iter().zip(built) {
@@ -408,6 +406,18 @@ pub fn export(
     std::fs::File::open(out)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("sync", out, e))
+}
+
+/// An error naming the first of `names` that exists in `out`.
+fn refuse_overwrite(out: &Path, names: &[String]) -> Result<()> {
+    match names.iter().map(|n| out.join(n)).find(|p| p.exists()) {
+        Some(path) => Err(Error::io(
+            "refusing to overwrite (use --force)",
+            path,
+            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Write `bytes` to a file at `path`, on disk when this returns.
