@@ -444,29 +444,16 @@ def main():
         sh(BIN, "export", vm, dest)
         os.sync()
         return time.perf_counter() - t
-    # The disk alone: as many bytes as the copy writes, written and synced
-    # by dd, the floor under a synced copy or export.
-    chain_bytes = sum(os.path.getsize(os.path.join(work, "cp-chain", f))
-                      for f in os.listdir(os.path.join(work, "cp-chain")))
-    def disk_alone():
-        out = os.path.join(work, "dd.out")
-        os.sync()
-        t = time.perf_counter()
-        sh("dd", "if=/dev/zero", f"of={out}", "bs=1M", f"count={chain_bytes // MIB}", "conv=fsync",
-           "status=none")
-        took = time.perf_counter() - t
-        os.remove(out)
-        return took
     # Synced copies swing with the disk: each run times the routine, the
-    # copy, the export and the disk alone one after the other, and ratios
-    # are taken run by run (their median is reported beside the medians of
-    # the times). The first large write of a run of the script is slower
-    # than the rest, whoever makes it (`dd` of 922 MB with fsync: 3.2 s,
-    # then 0.72-0.77 s): one untimed round goes first.
+    # copy and the export one after the other, and ratios are taken run by
+    # run (their median is reported beside the medians of the times). The
+    # first large write of a run of the script is slower than the rest,
+    # whoever makes it (`dd` of 922 MB with fsync: 3.2 s, then 0.72-0.77
+    # s): one untimed round goes first.
     routine(sync_after=True)
     fresh_copy()
     export_synced()
-    synced = [(routine(sync_after=True), fresh_copy(), export_synced(), disk_alone()) for _ in range(RUNS)]
+    synced = [(routine(sync_after=True), fresh_copy(), export_synced()) for _ in range(RUNS)]
     rt1 = statistics.median(t[0] for t in synced)
     cp1 = statistics.median(t[1] for t in synced)
     ex = statistics.median(t[2] for t in synced)
@@ -474,14 +461,10 @@ def main():
     r = report("c. cp -r chain/ + sync, fresh mount", cp1, "s", "qemu-img routine + sync", rt1,
                higher_better=False, ratio=paired(1))
     target("cp -r chain/ from a fresh mount >= 1.5x faster than the routine", r >= 1.5)
-    report("c. the same copy, against the disk alone", cp1, "s", "dd of as many bytes + fsync",
-           statistics.median(t[3] for t in synced), higher_better=False,
-           ratio=statistics.median(t[3] / t[1] for t in synced))
     r = report("g. qcow2fs export of chain/ + sync", ex, "s", "qemu-img routine + sync", rt1,
                higher_better=False, ratio=paired(2))
     target("qcow2fs export >= 2x faster than the routine", r >= 2)
-    print("   runs (routine, cp -r, export, disk alone): "
-          + "; ".join(", ".join(f"{x:.2f}" for x in t) for t in synced),
+    print("   runs (routine, cp -r, export): " + "; ".join(", ".join(f"{x:.2f}" for x in t) for t in synced),
           flush=True)
     nosums = median(lambda: fresh_copy(False))
     r = report("c. the same without SHA256SUMS", nosums, "s", "with SHA256SUMS", cp1, higher_better=True)
