@@ -449,11 +449,14 @@ def main():
     # run (their median is reported beside the medians of the times). The
     # first large write of a run of the script is slower than the rest,
     # whoever makes it (`dd` of 922 MB with fsync: 3.2 s, then 0.72-0.77
-    # s): one untimed round goes first.
+    # s): one untimed round goes first. The disk of a VM may also switch
+    # between two speeds from one write to the next (the same export: 0.55
+    # s or 1.1 s in one run of the script), so there are twice as many
+    # rounds as runs elsewhere.
     routine(sync_after=True)
     fresh_copy()
     export_synced()
-    synced = [(routine(sync_after=True), fresh_copy(), export_synced()) for _ in range(RUNS)]
+    synced = [(routine(sync_after=True), fresh_copy(), export_synced()) for _ in range(2 * RUNS)]
     rt1 = statistics.median(t[0] for t in synced)
     cp1 = statistics.median(t[1] for t in synced)
     ex = statistics.median(t[2] for t in synced)
