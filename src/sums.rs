@@ -271,9 +271,9 @@ pub struct StreamHash {
     sha: Sha256,
     /// Bytes hashed so far, from offset 0.
     upto: u64,
-    /// Reads past `upto`, held until the gap before them is filled.
+    /// Reads past `upto`, held until the gap before them is filled; the
+    /// buffers they hold count against [`MAX_PENDING_BYTES`].
     pending: BTreeMap<u64, ReadBytes>,
-    pending_bytes: usize,
     given_up: bool,
 }
 
@@ -283,7 +283,6 @@ impl Default for StreamHash {
             sha: Sha256::new(),
             upto: 0,
             pending: BTreeMap::new(),
-            pending_bytes: 0,
             given_up: false,
         }
     }
@@ -291,7 +290,7 @@ impl Default for StreamHash {
 
 impl Drop for StreamHash {
     fn drop(&mut self) {
-        PENDING_BYTES.fetch_sub(self.pending_bytes, Ordering::Relaxed);
+        self.let_go();
     }
 }
 
@@ -312,7 +311,6 @@ impl StreamHash {
                 self.give_up();
                 return;
             }
-            self.pending_bytes += held;
             self.pending.insert(offset, bytes);
             return;
         }
@@ -327,7 +325,6 @@ impl StreamHash {
                 break;
             }
             let (at, held) = entry.remove_entry();
-            self.pending_bytes -= held.held();
             PENDING_BYTES.fetch_sub(held.held(), Ordering::Relaxed);
             self.take(at, &held);
         }
@@ -336,9 +333,14 @@ impl StreamHash {
     /// Stop hashing, and let go of the reads held.
     fn give_up(&mut self) {
         self.given_up = true;
+        self.let_go();
+    }
+
+    /// Let go of the reads held, and of their count against the budget.
+    fn let_go(&mut self) {
+        let held: usize = self.pending.values().map(ReadBytes::held).sum();
+        PENDING_BYTES.fetch_sub(held, Ordering::Relaxed);
         self.pending.clear();
-        PENDING_BYTES.fetch_sub(self.pending_bytes, Ordering::Relaxed);
-        self.pending_bytes = 0;
     }
 
     /// Take the holes of `view` before `until` that no read has covered yet

@@ -2,8 +2,7 @@
 //! stored refcount of what it points at is one.
 
 use super::CheckReport;
-use crate::image::Image;
-use crate::image::Refcounts;
+use crate::image::{Image, Refcounts};
 use crate::qcow2::be::be64_table;
 use crate::qcow2::cluster::{
     L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED, QCOW_OFLAG_COPIED,

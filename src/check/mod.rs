@@ -10,8 +10,7 @@ mod walk;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::image::Image;
-use crate::image::Refcounts;
+use crate::image::{Image, Refcounts};
 use crate::qcow2::cluster::{REFT_OFFSET_MASK, REFT_RESERVED_MASK};
 use crate::qcow2::header::{AUTOCLEAR_BITMAPS, MAX_L1_BYTES};
 use crate::qcow2::snapshot::V3_EXTRA_DATA;
