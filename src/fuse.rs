@@ -186,18 +186,39 @@ impl Filesystem for Fs {
         reply.ok();
     }
 
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.tree.opendir(ino.0, req.pid()) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.tree.releasedir(fh.0);
+        reply.ok();
+    }
+
     fn readdir(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.tree.readdir(ino.0, req.pid()) {
+        // The entries taken at opendir: a listing read in parts is one state.
+        let entries = match self.tree.dir_entries(fh.0) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(&e)),
         };
+        let entries = entries.iter().cloned();
         let dots = [
             (ino.0, Kind::Dir, ".".into()),
             (ino.0, Kind::Dir, "..".into()),

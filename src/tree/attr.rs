@@ -135,7 +135,7 @@ impl Tree {
             }
             Node::Layer(rel, dir, key) => {
                 let e = self.entry(rel)?;
-                let spec = e.spec(*dir, self.use_of(rel), key)?;
+                let spec = e.spec(*dir, self.use_of(rel), self.confine(), key)?;
                 let size = e.layer_size(&spec)?;
                 let mtime = self.chain_mtime(node, &e, e.layer_time(&spec)?);
                 Ok(dense(&e.meta, size, mtime))
@@ -160,8 +160,8 @@ impl Tree {
             }
             Node::Manifest(rel, dir) => {
                 let e = self.entry(rel)?;
-                let (folder, use_) = self.folder(&e, rel, *dir)?;
-                let len = e.manifest(*dir, &folder, use_)?.len() as u64;
+                let (shown, use_) = self.folder(&e, rel, *dir)?;
+                let len = e.manifest(*dir, &shown.folder, use_)?.len() as u64;
                 let mtime = self.chain_mtime(node, &e, mtime_of(&e.meta));
                 Ok(dense(&e.meta, len, mtime))
             }

@@ -53,6 +53,13 @@ pub(super) fn mtime_of(m: &std::fs::Metadata) -> SystemTime {
     m.modified().unwrap_or(UNIX_EPOCH)
 }
 
+/// A chain folder as shown, and its layers by key (a few hundred bytes per
+/// layer, kept per opening).
+pub(super) struct Shown {
+    pub(super) folder: chain::Folder,
+    pub(super) by_key: HashMap<LayerKey, usize>,
+}
+
 /// The bytes of a chain folder's manifest.
 pub(super) type Manifest = Arc<Vec<u8>>;
 
@@ -82,6 +89,12 @@ pub(super) struct ImageEntry {
     pub(super) layer_sizes: Mutex<HashMap<LayerSpec, u64>>,
     pub(super) manifests: Mutex<HashMap<(Direction, Use), Manifest>>,
     pub(super) backing_files: OnceLock<Vec<chain::BackingFile>>,
+    /// What each chain folder shows, once worked out, per use.
+    pub(super) folders: Mutex<HashMap<(Direction, Use), Arc<Shown>>>,
+    /// Their listings, per use.
+    pub(super) listings: Mutex<HashMap<(Direction, Use), Arc<super::sums::Listing>>>,
+    /// The listing of `snapshots/`, once made.
+    pub(super) snap_listing: OnceLock<Arc<super::sums::Listing>>,
     /// How many of them, from the top, a chain folder shows (those inside
     /// IMAGE_DIR, unless the user allowed more).
     pub(super) shown_depth: OnceLock<usize>,
@@ -120,7 +133,10 @@ impl ImageEntry {
         dir: Direction,
         use_: Use,
         root: Option<&Path>,
-    ) -> Result<chain::Folder> {
+    ) -> Result<Arc<Shown>> {
+        if let Some(f) = self.folders.lock().get(&(dir, use_)) {
+            return Ok(Arc::clone(f));
+        }
         let img = self.image()?;
         let mut f = chain::folder(img, dir, use_, self.backing_files());
         let depth = *self.shown_depth.get_or_init(|| {
@@ -132,7 +148,13 @@ impl ImageEntry {
                 .count()
         });
         f.pass.truncate(depth);
-        Ok(f)
+        let mut by_key = HashMap::new();
+        for (i, s) in f.layers.iter().enumerate() {
+            by_key.insert(self.layer_key(s)?, i);
+        }
+        let shown = Arc::new(Shown { folder: f, by_key });
+        self.folders.lock().insert((dir, use_), Arc::clone(&shown));
+        Ok(shown)
     }
 
     pub(super) fn image(&self) -> Result<&Arc<Image>> {
@@ -234,16 +256,20 @@ impl ImageEntry {
     }
 
     /// The current spec of the layer `key` names, if it still exists.
-    pub(super) fn spec(&self, dir: Direction, use_: Use, key: &LayerKey) -> Result<LayerSpec> {
-        let img = self.image()?;
-        for s in chain::folder(img, dir, use_, self.backing_files()).layers {
-            if self.layer_key(&s)? == *key {
-                return Ok(s);
-            }
+    pub(super) fn spec(
+        &self,
+        dir: Direction,
+        use_: Use,
+        root: Option<&Path>,
+        key: &LayerKey,
+    ) -> Result<LayerSpec> {
+        let shown = self.folder(dir, use_, root)?;
+        match shown.by_key.get(key) {
+            Some(&i) => Ok(shown.folder.layers[i].clone()),
+            None => Err(Error::NotFound {
+                name: key.file_name.clone(),
+            }),
         }
-        Err(Error::NotFound {
-            name: key.file_name.clone(),
-        })
     }
 
     pub(super) fn layer(&self, spec: &LayerSpec) -> Result<Arc<Layer>> {
@@ -367,6 +393,9 @@ impl Tree {
             layer_sizes: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
             backing_files: OnceLock::from(backing_files),
+            folders: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
+            snap_listing: OnceLock::new(),
             shown_depth: OnceLock::new(),
             logged: AtomicBool::new(false),
         });

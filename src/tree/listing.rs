@@ -4,12 +4,16 @@
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
+use super::DirEntry;
 use super::Tree;
 use super::attr::{Attr, Kind};
+use super::entry::ImageEntry;
 use super::node::{Node, SnapKey, chain_folder_of, immutable, is_dir};
+use super::sums::Listing;
 use crate::chain::Direction;
 use crate::error::{Error, Result};
 use crate::image::{inside, is_qcow2};
+use std::sync::Arc;
 
 impl Tree {
     /// The source path of `rel`, refusing anything that resolves outside
@@ -86,32 +90,46 @@ impl Tree {
                 Ok(out)
             }
             Node::ChainDir(rel, dir) => {
-                let mut out = self.chain_files(rel, *dir)?;
-                let sums = self.sum_files(rel, *dir, &out);
-                out.extend(sums);
-                Ok(out)
+                let e = self.entry(rel)?;
+                let l = self.listing(&e, rel, *dir)?;
+                Ok(l.files.iter().chain(&l.sums).cloned().collect())
             }
             Node::SnapDir(rel) => {
                 let e = self.entry(rel)?;
-                let img = e.image()?;
-                let mut out = Vec::new();
-                for (s, stem) in img.snapshots().iter().zip(&e.stems) {
-                    let key = SnapKey::of(s);
-                    out.push((
-                        OsString::from(format!("{stem}.raw")),
-                        Node::Snap(rel.clone(), key.clone()),
-                    ));
-                    if s.vm_state_size > 0 {
-                        out.push((
-                            OsString::from(format!("{stem}.vmstate")),
-                            Node::VmState(rel.clone(), key),
-                        ));
-                    }
-                }
-                Ok(out)
+                Ok(self.snap_listing(&e, rel)?.files.clone())
             }
             _ => Err(Error::NotADirectory),
         }
+    }
+
+    /// The listing of `snapshots/`, made once per opening of the image.
+    fn snap_listing(&self, e: &ImageEntry, rel: &Path) -> Result<Arc<Listing>> {
+        if let Some(l) = e.snap_listing.get() {
+            return Ok(Arc::clone(l));
+        }
+        let rel = rel.to_path_buf();
+        let img = e.image()?;
+        let mut out = Vec::new();
+        for (s, stem) in img.snapshots().iter().zip(&e.stems) {
+            let key = SnapKey::of(s);
+            out.push((
+                OsString::from(format!("{stem}.raw")),
+                Node::Snap(rel.clone(), key.clone()),
+            ));
+            if s.vm_state_size > 0 {
+                out.push((
+                    OsString::from(format!("{stem}.vmstate")),
+                    Node::VmState(rel.clone(), key),
+                ));
+            }
+        }
+        let by_name = out.iter().cloned().collect();
+        let l = Arc::new(Listing {
+            files: out,
+            sums: Vec::new(),
+            by_name,
+        });
+        Ok(Arc::clone(e.snap_listing.get_or_init(|| l)))
     }
 
     /// Look `name` up in folder `parent`.
@@ -130,6 +148,27 @@ impl Tree {
                         name: name.to_string_lossy().into(),
                     })?
             }
+            // Generated folders: by name, from the listing kept.
+            Node::ChainDir(rel, dir) => {
+                let e = self.entry(rel)?;
+                self.listing(&e, rel, *dir)?
+                    .by_name
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| Error::NotFound {
+                        name: name.to_string_lossy().into(),
+                    })?
+            }
+            Node::SnapDir(rel) => {
+                let e = self.entry(rel)?;
+                self.snap_listing(&e, rel)?
+                    .by_name
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| Error::NotFound {
+                        name: name.to_string_lossy().into(),
+                    })?
+            }
             _ => self
                 .children(&p)?
                 .into_iter()
@@ -143,10 +182,38 @@ impl Tree {
         self.attr(ino, &node)
     }
 
+    /// Open folder `ino` for listing by process `pid`: its entries are
+    /// taken now, so that a listing read in several parts is one state
+    /// even when the folder changes meanwhile. Returns the handle.
+    pub fn opendir(&self, ino: u64, pid: u32) -> Result<u64> {
+        let entries = Arc::new(self.readdir(ino, pid)?);
+        let fh = self
+            .next_fh
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.dirs.lock().insert(fh, entries);
+        Ok(fh)
+    }
+
+    /// The entries an open folder handle took.
+    pub fn dir_entries(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>> {
+        self.dirs
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                name: format!("folder handle {fh}"),
+            })
+    }
+
+    /// Forget an open folder handle.
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().remove(&fh);
+    }
+
     /// The entries of folder `ino`: (inode, kind, name), without . and ..
     /// `pid` is the process listing it: a chain folder's listing is
     /// remembered for it (see [`Tree::open`]).
-    pub fn readdir(&self, ino: u64, pid: u32) -> Result<Vec<(u64, Kind, OsString)>> {
+    pub fn readdir(&self, ino: u64, pid: u32) -> Result<Vec<DirEntry>> {
         let node = self.inodes.node(ino)?;
         let children = self.children(&node)?;
         if let Node::ChainDir(rel, _) = &node {

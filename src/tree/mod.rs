@@ -31,6 +31,9 @@ use inodes::Inodes;
 pub use inodes::ROOT_INO;
 use node::Node;
 
+/// One entry of a folder listing: inode, kind, name.
+pub type DirEntry = (u64, Kind, std::ffi::OsString);
+
 /// How the tree is served.
 #[derive(Clone)]
 pub struct TreeOptions {
@@ -69,6 +72,8 @@ pub struct Tree {
     /// process listed it (see `Tree::check_listed`); the latest
     /// [`LISTED_FOLDERS`] listings are kept.
     listed: Mutex<lru::LruCache<(u32, u64), u64>>,
+    /// Open folder handles and the entries each took at opendir.
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
     force_share: bool,
 }
@@ -109,6 +114,7 @@ impl Tree {
             listed: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(LISTED_FOLDERS).unwrap_or(std::num::NonZeroUsize::MIN),
             )),
+            dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             force_share: t.force_share,
         })

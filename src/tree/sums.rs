@@ -3,7 +3,7 @@
 //! unchanged.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use super::Tree;
-use super::entry::{ImageEntry, Stamp};
+use super::entry::{ImageEntry, Shown, Stamp};
 use super::handles::Handle;
 use super::node::Node;
 use crate::chain::{self, Direction, Use};
@@ -35,21 +35,58 @@ impl Tree {
         e: &ImageEntry,
         rel: &Path,
         dir: Direction,
-    ) -> Result<(chain::Folder, Use)> {
+    ) -> Result<(Arc<Shown>, Use)> {
         let use_ = self.use_of(rel);
-        let confine = self
-            .opts
+        Ok((e.folder(dir, use_, self.confine())?, use_))
+    }
+
+    /// Where backing files must resolve to be shown: inside IMAGE_DIR,
+    /// unless the user allowed more.
+    pub(super) fn confine(&self) -> Option<&Path> {
+        self.opts
             .backing_root
             .is_some()
-            .then_some(self.root.as_path());
-        Ok((e.folder(dir, use_, confine)?, use_))
+            .then_some(self.root.as_path())
     }
 
     /// The files of a chain folder other than its checksums, in order:
     /// layers bottom first, the image's backing files, the manifest.
     pub(super) fn chain_files(&self, rel: &Path, dir: Direction) -> Result<Vec<(OsString, Node)>> {
         let e = self.entry(rel)?;
-        let (folder, _) = self.folder(&e, rel, dir)?;
+        Ok(self.listing(&e, rel, dir)?.files.clone())
+    }
+
+    /// A chain folder's listing, made once per opening and use.
+    pub(super) fn listing(
+        &self,
+        e: &ImageEntry,
+        rel: &Path,
+        dir: Direction,
+    ) -> Result<Arc<Listing>> {
+        let use_ = self.use_of(rel);
+        if let Some(l) = e.listings.lock().get(&(dir, use_)) {
+            return Ok(Arc::clone(l));
+        }
+        let files = self.list_chain_files(e, rel, dir)?;
+        let sums = self.sum_files(rel, dir, &files);
+        let by_name = files.iter().chain(&sums).cloned().collect();
+        let l = Arc::new(Listing {
+            files,
+            sums,
+            by_name,
+        });
+        e.listings.lock().insert((dir, use_), Arc::clone(&l));
+        Ok(l)
+    }
+
+    fn list_chain_files(
+        &self,
+        e: &ImageEntry,
+        rel: &Path,
+        dir: Direction,
+    ) -> Result<Vec<(OsString, Node)>> {
+        let (shown, _) = self.folder(e, rel, dir)?;
+        let folder = &shown.folder;
         let mut out = Vec::new();
         for s in &folder.layers {
             let key = e.layer_key(s)?;
@@ -109,12 +146,13 @@ impl Tree {
     /// replica keeps it by.
     fn summed(&self, rel: &Path, file: &str) -> Result<(Node, String)> {
         let e = self.entry(rel)?;
-        let (folder, _) = self.folder(&e, rel, Direction::Incremental)?;
+        let (shown, _) = self.folder(&e, rel, Direction::Incremental)?;
+        let folder = &shown.folder;
         let node = self
-            .chain_files(rel, Direction::Incremental)?
-            .into_iter()
-            .find(|(n, _)| n.to_str() == Some(file))
-            .map(|(_, n)| n)
+            .listing(&e, rel, Direction::Incremental)?
+            .by_name
+            .get(OsStr::new(file))
+            .cloned()
             .ok_or_else(|| Error::NotFound { name: file.into() })?;
         let spec = folder.layers.iter().find(|s| s.file_name == file);
         Ok((node, chain::replica_name(e.image()?, spec, file)))
@@ -149,8 +187,8 @@ impl Tree {
         let mut mtime = e.meta.modified().unwrap_or(UNIX_EPOCH);
         // The layers' dates from their specs directly (the listing named
         // them by key; looking each key up again would be quadratic).
-        for spec in self.folder(e, rel, dir)?.0.layers {
-            mtime = mtime.max(e.layer_time(&spec)?);
+        for spec in &self.folder(e, rel, dir)?.0.folder.layers {
+            mtime = mtime.max(e.layer_time(spec)?);
         }
         for (_, node) in &files {
             if let Node::Pass(.., path, _) = node {
@@ -258,6 +296,17 @@ impl Tree {
             self.scattered.lock().insert(h.node.clone());
         }
     }
+}
+
+/// The files a chain folder lists, and by name (a few hundred bytes per
+/// file, kept per opening of the image).
+pub(super) struct Listing {
+    /// Layers, backing files, the manifest.
+    pub(super) files: Vec<(OsString, Node)>,
+    /// The checksum files.
+    pub(super) sums: Vec<(OsString, Node)>,
+    /// Every one of them by name.
+    pub(super) by_name: HashMap<OsString, Node>,
 }
 
 /// A new, empty digest memo.
