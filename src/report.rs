@@ -170,7 +170,7 @@ impl Info {
             "snapshots": snapshots,
             "states": states,
             "refcount-table": {"entries": c.reftable_entries, "used": c.reftable_used,
-                               "entries-per-block": (cs * 8) >> h.refcount_order},
+                               "entries-per-block": h.refcounts_per_block()},
             "check": check_json(c),
             "summary": {
                 "active-clusters": c.active_clusters, "active-bytes": c.active_clusters * cs,
@@ -208,7 +208,7 @@ impl Info {
             "entries {}, used {}, refcounts per block {}",
             c.reftable_entries,
             c.reftable_used,
-            (h.cluster_size() * 8) >> h.refcount_order
+            h.refcounts_per_block()
         );
         t.push_str(&check_text(c));
         self.summary_text(&mut t);

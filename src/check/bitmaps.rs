@@ -4,7 +4,7 @@
 use super::walk::Walk;
 use crate::error::Result;
 use crate::qcow2::be::{Be, be64_table};
-use crate::qcow2::bitmap::{BME_OFFSET_MASK, BME_RESERVED_MASK};
+use crate::qcow2::bitmap::bitmap_entry_fields;
 use crate::qcow2::header::BitmapDirectory;
 
 /// The largest bitmap directory QEMU accepts (1 KiB for each of 65535
@@ -86,13 +86,16 @@ impl Walk<'_> {
                 Err(e) => return self.corrupt(format_args!("ERROR bitmap {bitmap}: {e}")),
             };
             for e in table {
-                let data = e & BME_OFFSET_MASK;
-                if e & BME_RESERVED_MASK != 0 || data & (self.cluster_size - 1) != 0 {
+                let f = bitmap_entry_fields(e);
+                let aligned = f
+                    .data
+                    .is_none_or(|d| d.is_cluster_aligned(self.cluster_bits));
+                if f.reserved != 0 || !aligned {
                     self.corrupt(format_args!(
                         "ERROR bitmap {bitmap}: invalid table entry {e:#x}"
                     ));
-                } else if data != 0 {
-                    self.inc(data, self.cluster_size);
+                } else if let Some(data) = f.data {
+                    self.inc(data.0, self.cluster_size);
                 }
             }
             done += n;

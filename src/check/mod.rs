@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::image::{Image, Refcounts};
-use crate::qcow2::cluster::{REFT_OFFSET_MASK, REFT_RESERVED_MASK};
 use crate::qcow2::header::{AUTOCLEAR_BITMAPS, MAX_L1_BYTES};
+use crate::qcow2::refcount::reftable_fields;
 use crate::qcow2::snapshot::V3_EXTRA_DATA;
 pub use bitmaps::{MAX_BITMAP_DIRECTORY_BYTES, MAX_CHECK_BITMAP_ENTRIES};
 use copied::check_oflag_copied;
@@ -270,33 +270,34 @@ fn walk_states(w: &mut Walk) -> Walked {
 fn walk_refcount_table(w: &mut Walk, refcounts: &Refcounts) {
     w.report.reftable_entries = refcounts.table().len() as u64;
     for (i, &entry) in refcounts.table().iter().enumerate() {
-        let offset = entry & REFT_OFFSET_MASK;
-        if entry & REFT_RESERVED_MASK != 0 {
+        let fields = reftable_fields(entry);
+        if fields.reserved != 0 {
             w.report.corrupt(format_args!(
                 "ERROR refcount table entry {i} has reserved bits set"
             ));
             continue;
         }
-        if offset & (w.cluster_size - 1) != 0 {
+        let Some(block) = fields.block else {
+            continue;
+        };
+        if !block.is_cluster_aligned(w.cluster_bits) {
             w.report.corrupt(format_args!(
                 "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
             ));
             continue;
         }
-        let cluster = offset >> w.cluster_bits;
+        let cluster = block.0 >> w.cluster_bits;
         if cluster >= w.refs.len() as u64 {
             w.report
                 .corrupt(format_args!("ERROR refcount block {i} is outside image"));
             continue;
         }
-        if offset != 0 {
-            w.report.reftable_used += 1;
-            w.inc(offset, w.cluster_size);
-            let counted = u64::from(w.refs[cluster as usize]);
-            if counted != 1 {
-                w.report
-                    .corrupt(format_args!("ERROR refcount block {i} refcount={counted}"));
-            }
+        w.report.reftable_used += 1;
+        w.inc(block.0, w.cluster_size);
+        let counted = u64::from(w.refs[cluster as usize]);
+        if counted != 1 {
+            w.report
+                .corrupt(format_args!("ERROR refcount block {i} refcount={counted}"));
         }
     }
 }

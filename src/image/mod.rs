@@ -260,15 +260,7 @@ impl Image {
         index: u64,
         what: &dyn Fn() -> String,
     ) -> Result<L2Entry> {
-        let ext = self.header.extended_l2();
-        let words = if ext { 2 } else { 1 };
-        let i = (index * words) as usize;
-        let entry = table.get(i).copied().unwrap_or(0);
-        let bitmap = if ext {
-            Some(table.get(i + 1).copied().unwrap_or(0))
-        } else {
-            None
-        };
+        let (entry, bitmap) = cluster::l2_words(table, index, self.header.extended_l2());
         cluster::decode_l2(entry, bitmap, self.header.cluster_bits, self.geo, what)
     }
 
@@ -320,22 +312,19 @@ impl Image {
 fn check_l1_distinct(l1: &L1Table, which: StateId) -> Result<()> {
     // Offsets alone (8 bytes an entry), sorted; the entries are found again
     // only for the error message.
-    let mut seen: Vec<u64> = l1
-        .used()
-        .map(|(_, e)| e & cluster::L1E_OFFSET_MASK)
-        .filter(|&o| o != 0)
-        .collect();
+    let l2_of = |e: u64| cluster::l1_fields(e).l2;
+    let mut seen: Vec<HostOffset> = l1.used().filter_map(|(_, e)| l2_of(e)).collect();
     seen.sort_unstable();
     let Some(dup) = seen.windows(2).find(|w| w[0] == w[1]).map(|w| w[0]) else {
         return Ok(());
     };
     let mut at = l1
         .used()
-        .filter(|&(_, e)| e & cluster::L1E_OFFSET_MASK == dup)
+        .filter(|&(_, e)| l2_of(e) == Some(dup))
         .map(|(i, _)| i);
     let (a, b) = (at.next().unwrap_or(0), at.next().unwrap_or(0));
     Err(Error::corrupt(
         format!("L1 table of {which:?}"),
-        format!("entries {a} and {b} both point to the L2 table at {dup:#x}"),
+        format!("entries {a} and {b} both point to the L2 table at {dup}"),
     ))
 }

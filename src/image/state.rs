@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::{DATA_READS, Image, StateId};
 use crate::error::{Error, Result};
-use crate::qcow2::cluster::{self, Mapping, SUBCLUSTERS};
+use crate::qcow2::cluster::{self, Mapping};
 use crate::qcow2::l1::L1Table;
 use crate::qcow2::offsets::{GuestOffset, HostOffset};
 use crate::view::{Extent, ExtentKind, View, clip, push_extent};
@@ -90,11 +90,7 @@ impl State {
     fn run_in(&self, t: &L2At, guest: GuestOffset, max_len: u64) -> Result<Run> {
         let h = self.image.header();
         let cs = h.cluster_size();
-        let sc_size = if h.extended_l2() {
-            cs / u64::from(SUBCLUSTERS)
-        } else {
-            cs
-        };
+        let sc_size = h.subcluster_size();
         let mut pos = guest.0;
         let end = guest.0.saturating_add(max_len);
         let mut first: Option<Mapping> = None;

@@ -11,6 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::image::{Image, Mapping, State};
+use crate::qcow2::cluster::SUBCLUSTERS;
 use crate::view::{ExtentKind, View};
 
 /// Most runs a cluster map may hold (2^22 runs, 96 MiB): a state more
@@ -150,7 +151,7 @@ impl Pieces {
         }
         let first = from / sc_size;
         let last = to.div_ceil(sc_size);
-        let bits = (first..last.min(32)).fold(0u32, |b, i| b | (1 << i));
+        let bits = (first..last.min(u64::from(SUBCLUSTERS))).fold(0u32, |b, i| b | (1 << i));
         match m {
             Mapping::Data(h) => {
                 let base = h.0.wrapping_sub(from);
@@ -199,7 +200,7 @@ impl ClusterMap {
         let h = image.header();
         let cb = h.cluster_bits;
         let cs = h.cluster_size();
-        let sc_size = if h.extended_l2() { cs / 32 } else { cs };
+        let sc_size = h.subcluster_size();
         let has_backing = image.backing().is_some();
         let size = state.size();
         let mut out = Runs::new(cs);
