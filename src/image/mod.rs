@@ -14,6 +14,7 @@ mod state;
 pub use crate::qcow2::cluster::Mapping;
 pub use backing::{Backing, MAX_BACKING_CHAIN, inside, resolve_name};
 use backing::{check_inside, open_backing};
+pub use inflate::Inflater;
 pub use refcounts::Refcounts;
 pub use state::{Run, State, VmState};
 
@@ -32,10 +33,6 @@ use crate::qcow2::offsets::HostOffset;
 use crate::qcow2::snapshot::{Snapshot, read_snapshots};
 use crate::source::{PastEnd, SourceFile};
 
-/// Counter of data-cluster reads (uncompressed or compressed), process-wide;
-/// tests use it to show that metadata-only work reads no data.
-pub static DATA_READS: AtomicU64 = AtomicU64::new(0);
-
 static NEXT_IMAGE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// How images (and their backing files) are opened.
@@ -48,6 +45,9 @@ pub struct OpenOptions {
     /// What reads past the end of a file give: errors to serve the image,
     /// zeros to check it as `qemu-img check` does.
     pub past_end: PastEnd,
+    /// The threads that inflate compressed clusters side by side for every
+    /// image opened with these options.
+    pub inflater: Arc<Inflater>,
 }
 
 impl OpenOptions {
@@ -57,6 +57,7 @@ impl OpenOptions {
             caches: Caches::new(cache_bytes),
             backing_root: None,
             past_end: PastEnd::Error,
+            inflater: Inflater::new(),
         }
     }
 
@@ -81,7 +82,12 @@ pub struct Image {
     snapshot_table_bytes: u64,
     backing: Option<Backing>,
     caches: Arc<Caches>,
+    inflater: Arc<Inflater>,
     geo: CompressedGeometry,
+    /// Data clusters read so far (a run of uncompressed ones counts once,
+    /// a compressed one each time it is inflated): what shows that work
+    /// on metadata alone reads no data.
+    data_reads: AtomicU64,
 }
 
 /// Which state of an image.
@@ -154,7 +160,9 @@ impl Image {
             snapshot_table_bytes,
             backing,
             caches: Arc::clone(&opts.caches),
+            inflater: Arc::clone(&opts.inflater),
             geo,
+            data_reads: AtomicU64::new(0),
         }))
     }
 
@@ -196,6 +204,22 @@ impl Image {
     /// The caches this image uses.
     pub fn caches(&self) -> &Arc<Caches> {
         &self.caches
+    }
+
+    /// The threads that inflate this image's compressed clusters.
+    fn inflater(&self) -> &Inflater {
+        &self.inflater
+    }
+
+    /// How many reads of data clusters this opening of the image has made
+    /// (reads of its backing file are the backing image's).
+    pub fn data_reads(&self) -> u64 {
+        self.data_reads.load(Ordering::Relaxed)
+    }
+
+    /// Count a read of data clusters.
+    fn count_data_read(&self) {
+        self.data_reads.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Read the active L1 table (validated when the header was read). It
@@ -281,7 +305,7 @@ impl Image {
     /// The decompressed bytes of the compressed cluster at `host`.
     pub fn decompressed(&self, host: HostOffset, len: u64) -> Result<Arc<Vec<u8>>> {
         self.caches.decompressed.get_or_load((self.id, host.0), || {
-            DATA_READS.fetch_add(1, Ordering::Relaxed);
+            self.count_data_read();
             // The last sector of the stream may lie past the end of the file;
             // what is missing reads as zeros, as in QEMU.
             let avail = self.file.len().saturating_sub(host.0).min(len);

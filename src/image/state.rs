@@ -2,9 +2,8 @@
 //! mapping of guest bytes, and reads that turn mappings into bytes.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use super::{DATA_READS, Image, StateId};
+use super::{Image, StateId};
 use crate::error::{Error, Result};
 use crate::qcow2::cluster::{self, Mapping};
 use crate::qcow2::l1::L1Table;
@@ -167,7 +166,7 @@ impl State {
                     _ => out.fill(0),
                 },
                 Mapping::Data(host) => {
-                    DATA_READS.fetch_add(1, Ordering::Relaxed);
+                    self.image.count_data_read();
                     let src = self.image.data_source();
                     src.read_exact_at(out, host.0, "data cluster")?;
                 }
