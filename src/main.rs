@@ -109,8 +109,12 @@ fn export(path: &std::path::Path, out: &std::path::Path, forward: bool, force: b
         bar.set_length(total);
         bar.set_position(done);
     };
-    let r = Image::open(path, &opts)
-        .and_then(|img| chain::export(&img, dir, out, force, &mut progress));
+    // A chain over a backing file that cannot be read is refused before
+    // anything is written, by an error naming the image that uses it.
+    let r = Image::open(path, &opts).and_then(|img| {
+        img.backing_readable()?;
+        chain::export(&img, dir, out, force, &mut progress)
+    });
     bar.finish_and_clear();
     match r {
         Ok(()) => ExitCode::SUCCESS,

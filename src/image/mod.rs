@@ -129,7 +129,7 @@ impl Image {
         ) {
             (Some(name), true) => {
                 let p = resolve_name(dir, name);
-                check_inside(&p, opts, name)?;
+                check_inside(&p, opts)?;
                 Some(SourceFile::open_reading(&p, opts.past_end)?)
             }
             _ => None,
@@ -144,7 +144,7 @@ impl Image {
             Some(name) => {
                 let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
                 chain.push(canon);
-                let b = open_backing(dir, name, header.backing_format.as_deref(), opts, chain);
+                let b = open_backing(path, name, header.backing_format.as_deref(), opts, chain);
                 chain.pop();
                 Some(b)
             }
