@@ -30,7 +30,7 @@ pub enum Error {
     },
     /// An on-disk structure is inconsistent with the specification.
     Corrupt {
-        /// Which structure, e.g. "L2 table at 0x50000 (L1[3])".
+        /// Which structure, e.g. `"L2 table at 0x50000 (L1[3])"`.
         what: String,
         /// What is wrong with it.
         detail: String,

@@ -1,10 +1,14 @@
-//! An opened qcow2 image: header, snapshot table, active L1 table, backing
-//! file, and the states it holds.
+//! An opened qcow2 image: header, snapshot table, backing file, and the
+//! states it holds (each state's L1 table is read when the state is
+//! opened, not kept with the image).
 //!
-//! "Where is snapshot X's cluster c read" is answered in [`state`]:
-//! [`State::map`] walks the state's L1 table and the cached L2 tables and
-//! says what a run of guest bytes is; [`State::read_at`] turns runs into
-//! bytes.
+//! "Where is snapshot X's cluster c read" is answered in `state.rs`:
+//! [`State::runs`] walks the state's L1 table and the cached L2 tables and
+//! says what each run of guest bytes is (a [`Mapping`]);
+//! [`State::read_mapped`] turns runs into bytes, inflating the compressed
+//! clusters of a window side by side (`inflate.rs`), and going to the
+//! backing file (`backing.rs`) for what the image does not hold.
+//! `refcounts.rs` reads the stored refcounts, for the check.
 
 mod backing;
 mod inflate;
@@ -72,7 +76,7 @@ impl OpenOptions {
     }
 }
 
-/// An open qcow2 image: header, snapshot table, active L1 table and backing.
+/// An open qcow2 image: header, snapshot table and backing file.
 pub struct Image {
     id: u64,
     file: SourceFile,
