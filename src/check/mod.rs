@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::image::{Image, Refcounts};
 use crate::qcow2::header::{AUTOCLEAR_BITMAPS, MAX_L1_BYTES};
+use crate::qcow2::offsets::HostOffset;
 use crate::qcow2::refcount::reftable_fields;
 use crate::qcow2::snapshot::V3_EXTRA_DATA;
 pub use bitmaps::{MAX_BITMAP_DIRECTORY_BYTES, MAX_CHECK_BITMAP_ENTRIES};
@@ -141,11 +142,11 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
     let h = image.header();
     let mut w = Walk::new(image);
     count_incomplete_entries(&mut w);
-    w.inc(0, w.cluster_size);
+    w.inc(HostOffset(0), w.cluster_size);
     let walked = walk_states(&mut w);
-    w.inc(h.snapshots_offset, image.snapshot_table_bytes());
+    w.inc(HostOffset(h.snapshots_offset), image.snapshot_table_bytes());
     w.inc(
-        h.refcount_table_offset,
+        HostOffset(h.refcount_table_offset),
         u64::from(h.refcount_table_clusters) << h.cluster_bits,
     );
     // QEMU ignores the bitmaps extension unless the autoclear bit vouches
@@ -210,7 +211,12 @@ fn walk_states(w: &mut Walk) -> Walked {
         label: "active".into(),
         ..StateFigures::default()
     };
-    let active = w.l1(&mut fig, h.l1_table_offset, u64::from(h.l1_size), true);
+    let active = w.l1(
+        &mut fig,
+        HostOffset(h.l1_table_offset),
+        u64::from(h.l1_size),
+        true,
+    );
     fig.data_clusters = active.len() as u64;
     let mut states = vec![fig];
     let mut snapshot_clusters: Vec<u64> = Vec::new();
@@ -236,7 +242,12 @@ fn walk_states(w: &mut Walk) -> Walked {
             lists.push(Vec::new());
             continue;
         }
-        let data = w.l1(&mut fig, sn.l1_table_offset, u64::from(sn.l1_size), false);
+        let data = w.l1(
+            &mut fig,
+            HostOffset(sn.l1_table_offset),
+            u64::from(sn.l1_size),
+            false,
+        );
         fig.data_clusters = data.len() as u64;
         fig.new_clusters = count_not_in(&data, &prev);
         snapshot_clusters.extend_from_slice(&data);
@@ -293,7 +304,7 @@ fn walk_refcount_table(w: &mut Walk, refcounts: &Refcounts) {
             continue;
         }
         w.report.reftable_used += 1;
-        w.inc(block.0, w.cluster_size);
+        w.inc(block, w.cluster_size);
         let counted = u64::from(w.refs[cluster as usize]);
         if counted != 1 {
             w.report

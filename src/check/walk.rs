@@ -7,6 +7,7 @@ use crate::qcow2::be::be64_table;
 use crate::qcow2::cluster::{L2Fields, L2Kind, SubclusterBits, l1_fields, l2_fields, l2_words};
 use crate::qcow2::header::INCOMPAT_DATA_FILE;
 use crate::qcow2::l1::L1Table;
+use crate::qcow2::offsets::HostOffset;
 
 pub(super) struct Walk<'a> {
     pub(super) image: &'a Image,
@@ -47,10 +48,11 @@ impl<'a> Walk<'a> {
     }
 
     /// Count one reference to every cluster touched by `[offset, offset+size)`.
-    pub(super) fn inc(&mut self, offset: u64, size: u64) {
+    pub(super) fn inc(&mut self, at: HostOffset, size: u64) {
         if size == 0 {
             return;
         }
+        let offset = at.0;
         let end = offset.saturating_add(size);
         if end.saturating_sub(self.file_len) >= self.cluster_size {
             self.report.corrupt(format_args!(
@@ -95,7 +97,7 @@ impl<'a> Walk<'a> {
     pub(super) fn l1(
         &mut self,
         fig: &mut StateFigures,
-        l1_offset: u64,
+        l1_offset: HostOffset,
         l1_size: u64,
         active: bool,
     ) -> Vec<u64> {
@@ -104,7 +106,7 @@ impl<'a> Walk<'a> {
         if l1_size == 0 {
             return data;
         }
-        let l1 = match L1Table::read(self.image.file(), l1_offset, l1_size, "L1 table") {
+        let l1 = match L1Table::read(self.image.file(), l1_offset.0, l1_size, "L1 table") {
             Ok(t) => t,
             Err(e) => {
                 self.report.check_errors += 1;
@@ -131,7 +133,7 @@ impl<'a> Walk<'a> {
             };
             let l2_offset = l2.0;
             fig.l1_used += 1;
-            self.inc(l2_offset, self.cluster_size);
+            self.inc(l2, self.cluster_size);
             if !l2.is_cluster_aligned(self.cluster_bits) {
                 fig.l1_unaligned += 1;
                 self.report.corrupt(format_args!(
@@ -153,7 +155,7 @@ impl<'a> Walk<'a> {
                 }
                 continue;
             }
-            self.l2(fig, l2_offset, i as usize, active, &mut data);
+            self.l2(fig, l2, i as usize, active, &mut data);
         }
         data.sort_unstable();
         data.dedup();
@@ -163,7 +165,7 @@ impl<'a> Walk<'a> {
     pub(super) fn l2(
         &mut self,
         fig: &mut StateFigures,
-        l2_offset: u64,
+        l2_offset: HostOffset,
         l1_index: usize,
         active: bool,
         data: &mut Vec<u64>,
@@ -173,7 +175,7 @@ impl<'a> Walk<'a> {
         let table = match self
             .image
             .file()
-            .read_vec(l2_offset, self.cluster_size, "L2 table")
+            .read_vec(l2_offset.0, self.cluster_size, "L2 table")
         {
             Ok(b) => be64_table(&b),
             Err(e) => {
@@ -236,7 +238,7 @@ impl<'a> Walk<'a> {
                 "ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry={entry:#x}"
             ));
         }
-        self.inc(host.0, len);
+        self.inc(host, len);
         let first = host.0 >> self.cluster_bits;
         let last = (host.0 + len - 1) >> self.cluster_bits;
         data.extend(first..=last);
@@ -332,7 +334,7 @@ impl<'a> Walk<'a> {
             *next_contiguous = offset + self.cluster_size;
         }
         if !has_data_file {
-            self.inc(offset, self.cluster_size);
+            self.inc(host, self.cluster_size);
             data.push(offset >> self.cluster_bits);
         }
     }

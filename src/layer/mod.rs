@@ -184,7 +184,7 @@ impl Layer {
             },
             // The same sector count, the same offset within the first sector.
             Plan::Compressed { host, len } => L2Entry::Compressed {
-                host: HostOffset(self.data_offset + r.at + (host - sector_span(host, len).0)),
+                host: HostOffset(self.data_offset + r.at + (host.0 - sector_span(host, len).0.0)),
                 len,
             },
         };
@@ -291,15 +291,15 @@ impl Layer {
                 // but data that starts past the end is an error, as it is
                 // for the raw view.
                 let file = self.x.image().file();
-                if host >= file.len() {
+                if host.0 >= file.len() {
                     return Err(Error::PastEof {
                         what: "compressed cluster".into(),
-                        offset: host,
+                        offset: host.0,
                         len,
                         file_len: file.len(),
                     });
                 }
-                let src = sector_span(host, len).0 + (d - r.at);
+                let src = sector_span(host, len).0.0 + (d - r.at);
                 let avail = file.len().saturating_sub(src).min(n as u64) as usize;
                 file.read_exact_at(&mut out[..avail], src, "compressed cluster")?;
                 out[avail..].fill(0);
