@@ -30,7 +30,7 @@ pub enum Error {
     },
     /// An on-disk structure is inconsistent with the specification.
     Corrupt {
-        /// Which structure, e.g. "L2 table at 0x50000 (L1[3])".
+        /// Which structure, e.g. `"L2 table at 0x50000 (L1[3])"`.
         what: String,
         /// What is wrong with it.
         detail: String,
@@ -60,12 +60,33 @@ pub enum Error {
         /// The feature, named as the specification names it.
         feature: String,
     },
-    /// A backing file could not be used.
+    /// A backing file could not be used; the error has its cause's kind
+    /// (a missing backing file is ENOENT).
     Backing {
+        /// The image whose backing file it is, as it was opened.
+        image: PathBuf,
         /// The backing file name as written in the image.
         name: String,
         /// Why it could not be used.
-        reason: String,
+        cause: std::sync::Arc<Error>,
+    },
+    /// A backing or data file resolves to a place outside the folder it
+    /// must stay in.
+    Outside {
+        /// Where the file resolves to.
+        path: PathBuf,
+        /// The folder it must stay in.
+        root: PathBuf,
+    },
+    /// A backing chain leads back to a file already in it.
+    BackingLoop {
+        /// The file met twice.
+        path: PathBuf,
+    },
+    /// A backing chain is deeper than the bound on it.
+    ChainTooDeep {
+        /// The bound, in files.
+        limit: usize,
     },
     /// A compressed cluster could not be decompressed.
     Decompress {
@@ -108,7 +129,9 @@ pub enum Error {
     /// The mount could not start or serve.
     Mount {
         /// What failed, with the file or value involved.
-        detail: String,
+        what: String,
+        /// The system error it failed with, when one caused it.
+        source: Option<io::Error>,
     },
     /// The image is open for writing by another program (a running VM).
     InUse {
@@ -135,6 +158,14 @@ impl Error {
         }
     }
 
+    /// Build an [`Error::Mount`] that a system error caused.
+    pub fn mount(what: impl Into<String>, source: impl Into<io::Error>) -> Error {
+        Error::Mount {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
     /// The errno a filesystem request failing with this error should return.
     pub fn errno(&self) -> i32 {
         match self {
@@ -144,7 +175,10 @@ impl Error {
             Error::TooLarge { .. } => libc::EIO,
             Error::PastEof { .. } => libc::EIO,
             Error::Unsupported { .. } => libc::EIO,
-            Error::Backing { .. } => libc::EIO,
+            Error::Backing { cause, .. } => cause.errno(),
+            Error::Outside { .. } => libc::EIO,
+            Error::BackingLoop { .. } => libc::EIO,
+            Error::ChainTooDeep { .. } => libc::EIO,
             Error::Decompress { .. } => libc::EIO,
             // Gone under an open file or a known inode: a stale handle.
             Error::SnapshotGone { .. } => libc::ESTALE,
@@ -152,7 +186,10 @@ impl Error {
             Error::NotADirectory => libc::ENOTDIR,
             Error::IsADirectory => libc::EISDIR,
             Error::Unreadable { .. } => libc::EIO,
-            Error::Mount { .. } => libc::EIO,
+            Error::Mount { source, .. } => source
+                .as_ref()
+                .and_then(io::Error::raw_os_error)
+                .unwrap_or(libc::EIO),
             Error::Changed { .. } => libc::ESTALE,
             Error::Again(e) => e.errno(),
             Error::InUse { .. } => libc::EBUSY,
@@ -181,7 +218,22 @@ impl fmt::Display for Error {
                 "{what} at {offset:#x} (+{len:#x}) lies past the end of the file ({file_len:#x})"
             ),
             Error::Unsupported { feature } => write!(f, "unsupported qcow2 feature: {feature}"),
-            Error::Backing { name, reason } => write!(f, "backing file '{name}': {reason}"),
+            Error::Backing { image, name, cause } => {
+                let image = image.file_name().unwrap_or(image.as_os_str());
+                write!(f, "backing file '{name}' of {}: {cause}", image.display())
+            }
+            Error::Outside { path, root } => write!(
+                f,
+                "{} is outside {} (allow it with --allow-outside-backing)",
+                path.display(),
+                root.display()
+            ),
+            Error::BackingLoop { path } => {
+                write!(f, "backing chain loops back to {}", path.display())
+            }
+            Error::ChainTooDeep { limit } => {
+                write!(f, "backing chain is deeper than {limit} files")
+            }
             Error::Decompress { offset, detail } => {
                 write!(f, "compressed cluster at {offset:#x}: {detail}")
             }
@@ -192,7 +244,10 @@ impl fmt::Display for Error {
             Error::Unreadable { path, cause } => {
                 write!(f, "{}: cannot be opened: {cause}", path.display())
             }
-            Error::Mount { detail } => write!(f, "{detail}"),
+            Error::Mount { what, source } => match source {
+                Some(e) => write!(f, "{what}: {e}"),
+                None => write!(f, "{what}"),
+            },
             Error::Again(e) => write!(f, "{e}"),
             Error::Changed { path } => write!(
                 f,
@@ -212,6 +267,10 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
+            Error::Backing { cause, .. } => Some(cause.as_ref()),
+            Error::Mount {
+                source: Some(e), ..
+            } => Some(e),
             Error::Unreadable { cause, .. } => Some(cause.as_ref()),
             Error::Again(e) => Some(e.as_ref()),
             _ => None,

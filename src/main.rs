@@ -127,8 +127,12 @@ fn export(
     } else {
         chain::Use::Rest
     };
-    let r = Image::open(path, &opts)
-        .and_then(|img| chain::export(&img, dir, use_, out, force, &mut progress));
+    // A chain over a backing file that cannot be read is refused before
+    // anything is written, by an error naming the image that uses it.
+    let r = Image::open(path, &opts).and_then(|img| {
+        img.backing_readable()?;
+        chain::export(&img, dir, use_, out, force, &mut progress)
+    });
     bar.finish_and_clear();
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -58,8 +58,9 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is not a size such as 64M"))
 }
 
-fn fail<T>(detail: String) -> Result<T> {
-    Err(Error::Mount { detail })
+/// A mount error that no other error caused.
+fn fail<T>(what: String) -> Result<T> {
+    Err(Error::Mount { what, source: None })
 }
 
 /// The kernel device number ("major:minor") of the mount at `mp`, from
@@ -178,7 +179,7 @@ fn folder(path: &Path, what: &str) -> Result<std::path::PathBuf> {
     match std::fs::canonicalize(path) {
         Ok(p) if p.is_dir() => Ok(p),
         Ok(_) => fail(format!("{}: {what} is not a folder", path.display())),
-        Err(e) => fail(format!("{}: {what}: {e}", path.display())),
+        Err(e) => Err(Error::mount(format!("{}: {what}", path.display()), e)),
     }
 }
 
@@ -209,18 +210,14 @@ pub fn mount(args: &MountArgs) -> Result<()> {
             allow_outside_backing: args.allow_outside_backing,
             force_share: args.force_share,
         },
-    )
-    .map_err(|e| Error::Mount {
-        detail: e.to_string(),
-    })?;
+    )?;
     // Block the signals before any thread starts, so that only the waiter
     // below receives them.
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
-    set.thread_block().map_err(|e| Error::Mount {
-        detail: format!("blocking signals: {e}"),
-    })?;
+    set.thread_block()
+        .map_err(|e| Error::mount("blocking signals", e))?;
     let (session, unmount) = start_session(Fs::new(tree), &mp, &cfg)?;
     raise_readahead(&mp);
     std::thread::spawn(move || unmount_on_signal(set, unmount));
@@ -234,9 +231,9 @@ pub fn mount(args: &MountArgs) -> Result<()> {
         // `--daemon` has returned, and no longer reads what this copy says.
         silence_stderr();
     }
-    session.run().map_err(|e| Error::Mount {
-        detail: format!("serving the mount: {e}"),
-    })
+    session
+        .run()
+        .map_err(|e| Error::mount("serving the mount", e))
 }
 
 /// How to unmount a session, from another thread.
@@ -246,9 +243,7 @@ type Unmount = Box<dyn FnMut() + Send>;
 /// mount(2) directly, so that the file system type carries the subtype
 /// (fuse.qcow2fs); otherwise let fuser go through fusermount.
 fn start_session(fs: Fs, mp: &Path, cfg: &Config) -> Result<(fuser::Session<Fs>, Unmount)> {
-    let failed = |e: std::io::Error| Error::Mount {
-        detail: format!("{}: mount failed: {e}", mp.display()),
-    };
+    let failed = |e: std::io::Error| Error::mount(format!("{}: mount failed", mp.display()), e);
     match kernel_mount(mp, cfg) {
         Ok(fd) => {
             let session = fuser::Session::from_fd(fs, fd, cfg.acl, cfg.clone()).map_err(failed)?;
@@ -348,9 +343,7 @@ const DAEMON_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// return once the mount exists (or fail with the server's own exit).
 fn daemonize(mp: &Path) -> Result<()> {
     use std::process::{Command, Stdio};
-    let exe = std::env::current_exe().map_err(|e| Error::Mount {
-        detail: format!("own executable: {e}"),
-    })?;
+    let exe = std::env::current_exe().map_err(|e| Error::mount("own executable", e))?;
     let mut child = Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env(DETACHED_ENV, "1")
@@ -358,9 +351,7 @@ fn daemonize(mp: &Path) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::Mount {
-            detail: format!("starting the server: {e}"),
-        })?;
+        .map_err(|e| Error::mount("starting the server", e))?;
     // Read what the server says as it says it, so that it never waits on a
     // full pipe; it is shown if the server exits before mounting.
     let said = child.stderr.take().map(|mut err| {
@@ -387,7 +378,7 @@ fn daemonize(mp: &Path) -> Result<()> {
                 });
             }
             Ok(None) => {}
-            Err(e) => return fail(format!("waiting for the server: {e}")),
+            Err(e) => return Err(Error::mount("waiting for the server", e)),
         }
         if start.elapsed() > DAEMON_START_TIMEOUT {
             return fail(format!(

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::chain::{Direction, LayerFigures, StateMaps, Use, figures};
 use crate::check::{CheckReport, check};
-use crate::image::Image;
+use crate::image::{Image, Mapping, StateId};
 use crate::qcow2::header::*;
 
 /// Everything `info` says about an image.
@@ -15,6 +15,9 @@ pub struct Info {
     image: Arc<Image>,
     check: CheckReport,
     in_use: bool,
+    /// Why the active state cannot be read, when a file of the backing
+    /// chain could not be opened and the state reads from it.
+    active_unreadable: Option<String>,
     /// Each chain's layers and what they store, or why they cannot be planned.
     chains: Vec<(Direction, std::result::Result<Vec<LayerFigures>, String>)>,
 }
@@ -63,8 +66,17 @@ impl Info {
             image: Arc::clone(image),
             check: check?,
             in_use: use_ == Use::Written,
+            active_unreadable: active_unreadable(image),
             chains,
         })
+    }
+
+    /// The verdict: the check's, unless the active state cannot be read.
+    pub fn verdict(&self) -> String {
+        match &self.active_unreadable {
+            Some(why) => format!("active state cannot be read: {why}"),
+            None => self.check.verdict().to_string(),
+        }
     }
 
     /// The check part of the report.
@@ -174,7 +186,7 @@ impl Info {
             "snapshots": snapshots,
             "states": states,
             "refcount-table": {"entries": c.reftable_entries, "used": c.reftable_used,
-                               "entries-per-block": (cs * 8) >> h.refcount_order},
+                               "entries-per-block": h.refcounts_per_block()},
             "check": check_json(c),
             "summary": {
                 "active-clusters": c.active_clusters, "active-bytes": c.active_clusters * cs,
@@ -182,7 +194,11 @@ impl Info {
                 "used-clusters": c.used_clusters, "used-bytes": c.used_clusters * cs,
             },
             "features": self.features(),
-            "verdict": c.verdict(),
+            "verdict": match self.active_unreadable {
+                Some(_) => "active state cannot be read",
+                None => c.verdict(),
+            },
+            "active-state-error": self.active_unreadable,
             "layers": self.chains.iter().map(|(d, f)| {
                 let v = match f {
                     Ok(f) => json!(f.iter().map(LayerFigures::to_json).collect::<Vec<_>>()),
@@ -215,13 +231,13 @@ impl Info {
             "entries {}, used {}, refcounts per block {}",
             c.reftable_entries,
             c.reftable_used,
-            (h.cluster_size() * 8) >> h.refcount_order
+            h.refcounts_per_block()
         );
         t.push_str(&check_text(c));
         self.summary_text(&mut t);
         t.push_str(&self.layers_text());
         let _ = writeln!(t, "features: {}", self.features().join(", "));
-        let _ = writeln!(t, "verdict: {}", c.verdict());
+        let _ = writeln!(t, "verdict: {}", self.verdict());
         t
     }
 
@@ -450,6 +466,18 @@ pub fn check_text(c: &CheckReport) -> String {
     );
     let _ = writeln!(t, "image end offset: {}", c.image_end_offset);
     t
+}
+
+/// Why the active state of `image` cannot be read, if a file of its backing
+/// chain did not open and the state has clusters it does not hold itself.
+fn active_unreadable(image: &Arc<Image>) -> Option<String> {
+    let why = image.backing_readable().err()?;
+    let reads_backing = image.state(StateId::Active).and_then(|s| {
+        let runs = s.runs(0, image.header().size)?;
+        Ok(runs.iter().any(|r| r.mapping == Mapping::Unallocated))
+    });
+    // A state whose tables cannot be walked is the check's to report.
+    reads_backing.unwrap_or(true).then(|| why.to_string())
 }
 
 /// A report for an image that could not be opened: what the mount shows in

@@ -4,8 +4,9 @@
 use super::walk::Walk;
 use crate::error::Result;
 use crate::qcow2::be::{Be, be64_table};
-use crate::qcow2::bitmap::{BME_OFFSET_MASK, BME_RESERVED_MASK};
+use crate::qcow2::bitmap::bitmap_entry_fields;
 use crate::qcow2::header::BitmapDirectory;
+use crate::qcow2::offsets::HostOffset;
 
 /// The largest bitmap directory QEMU accepts (1 KiB for each of 65535
 /// bitmaps); a larger one is reported, not read.
@@ -24,7 +25,7 @@ impl Walk<'_> {
     /// cluster. Tables are read a chunk at a time; their entries share the
     /// walk's bound on visited entries.
     pub(super) fn bitmaps(&mut self, dir: &BitmapDirectory) {
-        self.inc(dir.offset, dir.size);
+        self.inc(HostOffset(dir.offset), dir.size);
         if dir.size > MAX_BITMAP_DIRECTORY_BYTES || dir.offset & (self.cluster_size - 1) != 0 {
             return self.corrupt(format_args!(
                 "ERROR bitmap directory of {} bytes at {:#x} is invalid",
@@ -64,12 +65,12 @@ impl Walk<'_> {
                 ));
                 continue;
             }
-            self.inc(table_offset, table_size * 8);
-            self.bitmap_table(i, table_offset, table_size);
+            self.inc(HostOffset(table_offset), table_size * 8);
+            self.bitmap_table(i, HostOffset(table_offset), table_size);
         }
     }
 
-    pub(super) fn bitmap_table(&mut self, bitmap: u32, offset: u64, entries: u64) {
+    pub(super) fn bitmap_table(&mut self, bitmap: u32, offset: HostOffset, entries: u64) {
         let mut done = 0;
         while done < entries {
             let n = (entries - done).min(BITMAP_TABLE_CHUNK);
@@ -80,18 +81,21 @@ impl Walk<'_> {
             if self.bitmap_entries > MAX_CHECK_BITMAP_ENTRIES {
                 return self.stop(MAX_CHECK_BITMAP_ENTRIES, "bitmap table entries");
             }
-            let at = offset + done * 8;
+            let at = offset.advanced(done * 8).0;
             let table = match self.image.file().read_vec(at, n * 8, "bitmap table") {
                 Ok(b) => be64_table(&b),
                 Err(e) => return self.corrupt(format_args!("ERROR bitmap {bitmap}: {e}")),
             };
             for e in table {
-                let data = e & BME_OFFSET_MASK;
-                if e & BME_RESERVED_MASK != 0 || data & (self.cluster_size - 1) != 0 {
+                let f = bitmap_entry_fields(e);
+                let aligned = f
+                    .data
+                    .is_none_or(|d| d.is_cluster_aligned(self.cluster_bits));
+                if f.reserved != 0 || !aligned {
                     self.corrupt(format_args!(
                         "ERROR bitmap {bitmap}: invalid table entry {e:#x}"
                     ));
-                } else if data != 0 {
+                } else if let Some(data) = f.data {
                     self.inc(data, self.cluster_size);
                 }
             }

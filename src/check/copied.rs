@@ -4,9 +4,7 @@
 use super::CheckReport;
 use crate::image::{Image, Refcounts};
 use crate::qcow2::be::be64_table;
-use crate::qcow2::cluster::{
-    L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED, QCOW_OFLAG_COPIED,
-};
+use crate::qcow2::cluster::{L2Kind, l1_fields, l2_fields, l2_words};
 use crate::qcow2::header::INCOMPAT_DATA_FILE;
 
 /// Bit 63 of active L1 and L2 entries must be set exactly when the stored
@@ -16,31 +14,28 @@ pub(super) fn check_oflag_copied(image: &Image, refcounts: &Refcounts, report: &
     if h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
         return;
     }
-    let stride = if h.extended_l2() { 2 } else { 1 };
     let mut walked: std::collections::HashSet<u64> = std::collections::HashSet::new();
     let Ok(active_l1) = image.active_l1() else {
         // The walk has already reported an unreadable active L1 table.
         return;
     };
+    let geo = image.compressed_geometry();
     for (i, l1_entry) in active_l1.used() {
-        let l2_offset = l1_entry & L1E_OFFSET_MASK;
+        let l1 = l1_fields(l1_entry);
         // A table met twice was reported by the reference walk.
-        if l2_offset == 0 || !walked.insert(l2_offset) {
-            continue;
-        }
-        let Ok(rc) = refcounts.get(l2_offset >> h.cluster_bits) else {
+        let Some(l2) = l1.l2.filter(|o| walked.insert(o.0)) else {
             continue;
         };
-        if (rc == 1) != (l1_entry & QCOW_OFLAG_COPIED != 0) {
+        let Ok(rc) = refcounts.get(l2.0 >> h.cluster_bits) else {
+            continue;
+        };
+        if (rc == 1) != l1.copied {
             report.oflag_copied_mismatches += 1;
             report.corrupt(format_args!(
                 "ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={l1_entry:x} refcount={rc}"
             ));
         }
-        let table = match image
-            .file()
-            .read_vec(l2_offset, h.cluster_size(), "L2 table")
-        {
+        let table = match image.file().read_vec(l2.0, h.cluster_size(), "L2 table") {
             Ok(b) => be64_table(&b),
             Err(e) => {
                 report.check_errors += 1;
@@ -48,16 +43,19 @@ pub(super) fn check_oflag_copied(image: &Image, refcounts: &Refcounts, report: &
                 return;
             }
         };
-        for j in 0..h.l2_entries() as usize {
-            let entry = table.get(j * stride).copied().unwrap_or(0);
-            let data_offset = entry & L2E_OFFSET_MASK;
-            if entry & QCOW_OFLAG_COMPRESSED != 0 || data_offset == 0 {
-                continue;
-            }
-            let Ok(rc) = refcounts.get(data_offset >> h.cluster_bits) else {
+        for j in 0..h.l2_entries() {
+            let (entry, bitmap) = l2_words(&table, j, h.extended_l2());
+            let f = l2_fields(entry, bitmap, geo);
+            let L2Kind::Standard {
+                host: Some(data), ..
+            } = f.kind
+            else {
                 continue;
             };
-            if (rc == 1) != (entry & QCOW_OFLAG_COPIED != 0) {
+            let Ok(rc) = refcounts.get(data.0 >> h.cluster_bits) else {
+                continue;
+            };
+            if (rc == 1) != f.copied {
                 report.oflag_copied_mismatches += 1;
                 report.corrupt(format_args!(
                     "ERROR OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={rc}"

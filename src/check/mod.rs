@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::image::{Image, Refcounts};
-use crate::qcow2::cluster::{REFT_OFFSET_MASK, REFT_RESERVED_MASK};
 use crate::qcow2::header::{AUTOCLEAR_BITMAPS, MAX_L1_BYTES};
+use crate::qcow2::offsets::HostOffset;
+use crate::qcow2::refcount::reftable_fields;
 use crate::qcow2::snapshot::V3_EXTRA_DATA;
 pub use bitmaps::{MAX_BITMAP_DIRECTORY_BYTES, MAX_CHECK_BITMAP_ENTRIES};
 use copied::check_oflag_copied;
@@ -141,11 +142,11 @@ pub fn check(image: &Arc<Image>) -> Result<CheckReport> {
     let h = image.header();
     let mut w = Walk::new(image);
     count_incomplete_entries(&mut w);
-    w.inc(0, w.cluster_size);
+    w.inc(HostOffset(0), w.cluster_size);
     let walked = walk_states(&mut w);
-    w.inc(h.snapshots_offset, image.snapshot_table_bytes());
+    w.inc(HostOffset(h.snapshots_offset), image.snapshot_table_bytes());
     w.inc(
-        h.refcount_table_offset,
+        HostOffset(h.refcount_table_offset),
         u64::from(h.refcount_table_clusters) << h.cluster_bits,
     );
     // QEMU ignores the bitmaps extension unless the autoclear bit vouches
@@ -210,7 +211,12 @@ fn walk_states(w: &mut Walk) -> Walked {
         label: "active".into(),
         ..StateFigures::default()
     };
-    let active = w.l1(&mut fig, h.l1_table_offset, u64::from(h.l1_size), true);
+    let active = w.l1(
+        &mut fig,
+        HostOffset(h.l1_table_offset),
+        u64::from(h.l1_size),
+        true,
+    );
     fig.data_clusters = active.len() as u64;
     let mut states = vec![fig];
     let mut snapshot_clusters: Vec<u64> = Vec::new();
@@ -236,7 +242,12 @@ fn walk_states(w: &mut Walk) -> Walked {
             lists.push(Vec::new());
             continue;
         }
-        let data = w.l1(&mut fig, sn.l1_table_offset, u64::from(sn.l1_size), false);
+        let data = w.l1(
+            &mut fig,
+            HostOffset(sn.l1_table_offset),
+            u64::from(sn.l1_size),
+            false,
+        );
         fig.data_clusters = data.len() as u64;
         fig.new_clusters = count_not_in(&data, &prev);
         snapshot_clusters.extend_from_slice(&data);
@@ -270,33 +281,34 @@ fn walk_states(w: &mut Walk) -> Walked {
 fn walk_refcount_table(w: &mut Walk, refcounts: &Refcounts) {
     w.report.reftable_entries = refcounts.table().len() as u64;
     for (i, &entry) in refcounts.table().iter().enumerate() {
-        let offset = entry & REFT_OFFSET_MASK;
-        if entry & REFT_RESERVED_MASK != 0 {
+        let fields = reftable_fields(entry);
+        if fields.reserved != 0 {
             w.report.corrupt(format_args!(
                 "ERROR refcount table entry {i} has reserved bits set"
             ));
             continue;
         }
-        if offset & (w.cluster_size - 1) != 0 {
+        let Some(block) = fields.block else {
+            continue;
+        };
+        if !block.is_cluster_aligned(w.cluster_bits) {
             w.report.corrupt(format_args!(
                 "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
             ));
             continue;
         }
-        let cluster = offset >> w.cluster_bits;
+        let cluster = block.0 >> w.cluster_bits;
         if cluster >= w.refs.len() as u64 {
             w.report
                 .corrupt(format_args!("ERROR refcount block {i} is outside image"));
             continue;
         }
-        if offset != 0 {
-            w.report.reftable_used += 1;
-            w.inc(offset, w.cluster_size);
-            let counted = u64::from(w.refs[cluster as usize]);
-            if counted != 1 {
-                w.report
-                    .corrupt(format_args!("ERROR refcount block {i} refcount={counted}"));
-            }
+        w.report.reftable_used += 1;
+        w.inc(block, w.cluster_size);
+        let counted = u64::from(w.refs[cluster as usize]);
+        if counted != 1 {
+            w.report
+                .corrupt(format_args!("ERROR refcount block {i} refcount={counted}"));
         }
     }
 }

@@ -4,12 +4,10 @@
 use super::{CheckReport, MAX_CHECK_L2_ENTRIES, StateFigures};
 use crate::image::Image;
 use crate::qcow2::be::be64_table;
-use crate::qcow2::cluster::{
-    L1E_OFFSET_MASK, L1E_RESERVED_MASK, L2E_OFFSET_MASK, L2E_STD_RESERVED_MASK,
-    QCOW_OFLAG_COMPRESSED, QCOW_OFLAG_COPIED,
-};
+use crate::qcow2::cluster::{L2Fields, L2Kind, SubclusterBits, l1_fields, l2_fields, l2_words};
 use crate::qcow2::header::INCOMPAT_DATA_FILE;
 use crate::qcow2::l1::L1Table;
+use crate::qcow2::offsets::HostOffset;
 
 pub(super) struct Walk<'a> {
     pub(super) image: &'a Image,
@@ -38,11 +36,7 @@ impl<'a> Walk<'a> {
             cluster_bits: h.cluster_bits,
             cluster_size,
             file_len,
-            refcount_max: if h.refcount_order >= 6 {
-                u64::MAX
-            } else {
-                (1u64 << h.refcount_bits()) - 1
-            },
+            refcount_max: h.refcount_max(),
             refs: vec![0; file_len.div_ceil(cluster_size) as usize],
             visited: 0,
             bitmap_entries: 0,
@@ -54,10 +48,11 @@ impl<'a> Walk<'a> {
     }
 
     /// Count one reference to every cluster touched by `[offset, offset+size)`.
-    pub(super) fn inc(&mut self, offset: u64, size: u64) {
+    pub(super) fn inc(&mut self, at: HostOffset, size: u64) {
         if size == 0 {
             return;
         }
+        let offset = at.0;
         let end = offset.saturating_add(size);
         if end.saturating_sub(self.file_len) >= self.cluster_size {
             self.report.corrupt(format_args!(
@@ -102,7 +97,7 @@ impl<'a> Walk<'a> {
     pub(super) fn l1(
         &mut self,
         fig: &mut StateFigures,
-        l1_offset: u64,
+        l1_offset: HostOffset,
         l1_size: u64,
         active: bool,
     ) -> Vec<u64> {
@@ -111,7 +106,7 @@ impl<'a> Walk<'a> {
         if l1_size == 0 {
             return data;
         }
-        let l1 = match L1Table::read(self.image.file(), l1_offset, l1_size, "L1 table") {
+        let l1 = match L1Table::read(self.image.file(), l1_offset.0, l1_size, "L1 table") {
             Ok(t) => t,
             Err(e) => {
                 self.report.check_errors += 1;
@@ -125,20 +120,21 @@ impl<'a> Walk<'a> {
         fig.l1_unused += l1_size - l1.used().count() as u64;
         let mut walked: std::collections::HashSet<u64> = std::collections::HashSet::new();
         for (i, entry) in l1.used() {
-            if entry & L1E_RESERVED_MASK != 0 {
+            let f = l1_fields(entry);
+            if f.reserved != 0 {
                 fig.l1_invalid += 1;
                 self.report.corrupt(format_args!(
                     "ERROR found L1 entry with reserved bits set: {entry:#x}"
                 ));
             }
-            let l2_offset = entry & L1E_OFFSET_MASK;
-            if l2_offset == 0 {
+            let Some(l2) = f.l2 else {
                 fig.l1_unused += 1;
                 continue;
-            }
+            };
+            let l2_offset = l2.0;
             fig.l1_used += 1;
-            self.inc(l2_offset, self.cluster_size);
-            if l2_offset & (self.cluster_size - 1) != 0 {
+            self.inc(l2, self.cluster_size);
+            if !l2.is_cluster_aligned(self.cluster_bits) {
                 fig.l1_unaligned += 1;
                 self.report.corrupt(format_args!(
                     "ERROR l2_offset={l2_offset:x}: Table is not cluster aligned; L1 entry corrupted"
@@ -159,7 +155,7 @@ impl<'a> Walk<'a> {
                 }
                 continue;
             }
-            self.l2(fig, l2_offset, i as usize, active, &mut data);
+            self.l2(fig, l2, i as usize, active, &mut data);
         }
         data.sort_unstable();
         data.dedup();
@@ -169,7 +165,7 @@ impl<'a> Walk<'a> {
     pub(super) fn l2(
         &mut self,
         fig: &mut StateFigures,
-        l2_offset: u64,
+        l2_offset: HostOffset,
         l1_index: usize,
         active: bool,
         data: &mut Vec<u64>,
@@ -179,7 +175,7 @@ impl<'a> Walk<'a> {
         let table = match self
             .image
             .file()
-            .read_vec(l2_offset, self.cluster_size, "L2 table")
+            .read_vec(l2_offset.0, self.cluster_size, "L2 table")
         {
             Ok(b) => be64_table(&b),
             Err(e) => {
@@ -191,19 +187,16 @@ impl<'a> Walk<'a> {
                 return;
             }
         };
-        let stride = if ext { 2 } else { 1 };
+        let geo = self.image.compressed_geometry();
         let mut next_contiguous = 0u64;
-        for i in 0..h.l2_entries() as usize {
-            let entry = table.get(i * stride).copied().unwrap_or(0);
-            let bitmap = if ext {
-                table.get(i * stride + 1).copied().unwrap_or(0)
-            } else {
-                0
-            };
-            if entry & QCOW_OFLAG_COMPRESSED != 0 {
-                self.compressed_entry(fig, i, entry, bitmap, active, data);
-            } else {
-                self.standard_entry(fig, entry, bitmap, active, data, &mut next_contiguous);
+        for i in 0..h.l2_entries() {
+            let (entry, bitmap) = l2_words(&table, i, ext);
+            let f = l2_fields(entry, bitmap, geo);
+            match f.kind {
+                L2Kind::Compressed { .. } => self.compressed_entry(fig, i, entry, f, active, data),
+                L2Kind::Standard { .. } => {
+                    self.standard_entry(fig, entry, f, active, data, &mut next_contiguous)
+                }
             }
         }
     }
@@ -212,21 +205,27 @@ impl<'a> Walk<'a> {
     fn compressed_entry(
         &mut self,
         fig: &mut StateFigures,
-        i: usize,
+        i: u64,
         entry: u64,
-        bitmap: u64,
+        f: L2Fields,
         active: bool,
         data: &mut Vec<u64>,
     ) {
+        let L2Kind::Compressed {
+            host,
+            len,
+            descriptor,
+        } = f.kind
+        else {
+            return;
+        };
         let has_data_file = self.image.header().incompatible_features & INCOMPAT_DATA_FILE != 0;
-        let geo = self.image.compressed_geometry();
         fig.l2_used += 1;
         fig.l2_compressed += 1;
-        if entry & QCOW_OFLAG_COPIED != 0 {
+        if f.copied {
             fig.l2_invalid += 1;
             self.report.corrupt(format_args!(
-                "ERROR: coffset={:#x}: copied flag must never be set for compressed clusters",
-                entry & !QCOW_OFLAG_COPIED & !QCOW_OFLAG_COMPRESSED
+                "ERROR: coffset={descriptor:#x}: copied flag must never be set for compressed clusters"
             ));
         }
         if has_data_file {
@@ -234,24 +233,15 @@ impl<'a> Walk<'a> {
                 "ERROR compressed cluster {i} with data file, entry={entry:#x}"
             ));
         }
-        if bitmap != 0 {
+        if f.bitmap != 0 {
             self.report.corrupt(format_args!(
                 "ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry={entry:#x}"
             ));
         }
-        let entry = crate::qcow2::cluster::decode_l2(
-            entry & !QCOW_OFLAG_COPIED,
-            None,
-            self.cluster_bits,
-            geo,
-            &String::new,
-        );
-        if let Ok(crate::qcow2::cluster::L2Entry::Compressed { host, len }) = entry {
-            self.inc(host.0, len);
-            let first = host.0 >> self.cluster_bits;
-            let last = (host.0 + len - 1) >> self.cluster_bits;
-            data.extend(first..=last);
-        }
+        self.inc(host, len);
+        let first = host.0 >> self.cluster_bits;
+        let last = (host.0 + len - 1) >> self.cluster_bits;
+        data.extend(first..=last);
         if active {
             self.report.allocated_clusters += 1;
             self.report.compressed_clusters += 1;
@@ -265,34 +255,40 @@ impl<'a> Walk<'a> {
         &mut self,
         fig: &mut StateFigures,
         entry: u64,
-        bitmap: u64,
+        f: L2Fields,
         active: bool,
         data: &mut Vec<u64>,
         next_contiguous: &mut u64,
     ) {
-        let h = self.image.header();
-        let ext = h.extended_l2();
-        let has_data_file = h.incompatible_features & INCOMPAT_DATA_FILE != 0;
-        if entry & L2E_STD_RESERVED_MASK != 0 {
+        let L2Kind::Standard {
+            host,
+            zero,
+            reserved,
+            subclusters,
+        } = f.kind
+        else {
+            return;
+        };
+        let has_data_file = self.image.header().incompatible_features & INCOMPAT_DATA_FILE != 0;
+        if reserved != 0 {
             fig.l2_invalid += 1;
             self.report.corrupt(format_args!(
                 "ERROR found l2 entry with reserved bits set: {entry:#x}"
             ));
         }
-        let offset = entry & L2E_OFFSET_MASK;
-        let zero_flag = !ext && entry & 1 != 0;
-        if offset == 0 {
-            if zero_flag {
+        let allocates = subclusters.is_some_and(|s| s.alloc != 0);
+        let Some(host) = host else {
+            if zero {
                 fig.l2_used += 1;
                 fig.l2_zero += 1;
             } else {
-                if ext && bitmap & 0xffff_ffff != 0 {
+                if allocates {
                     fig.l2_invalid += 1;
                     self.report.corrupt(format_args!(
                         "ERROR: Unallocated cluster has non-zero subcluster allocation map"
                     ));
                 }
-                if ext && bitmap != 0 {
+                if subclusters.is_some_and(SubclusterBits::any) {
                     fig.l2_used += 1;
                     fig.l2_zero += 1;
                 } else {
@@ -300,23 +296,23 @@ impl<'a> Walk<'a> {
                 }
             }
             return;
-        }
+        };
+        let offset = host.0;
         fig.l2_used += 1;
-        if zero_flag {
+        if zero {
             fig.l2_zero += 1;
         }
-        if ext && (bitmap >> 32) & bitmap != 0 {
+        if subclusters.is_some_and(|s| s.alloc & s.zero != 0) {
             fig.l2_invalid += 1;
             self.report.corrupt(format_args!(
-            "ERROR offset={offset:x}: Allocated cluster has corrupted subcluster allocation bitmap"
-        ));
+                "ERROR offset={offset:x}: Allocated cluster has corrupted subcluster allocation bitmap"
+            ));
         }
-        if offset & (self.cluster_size - 1) != 0 {
+        if !host.is_cluster_aligned(self.cluster_bits) {
             fig.l2_unaligned += 1;
-            let contains_data = if ext {
-                bitmap & 0xffff_ffff != 0
-            } else {
-                !zero_flag
+            let contains_data = match subclusters {
+                Some(_) => allocates,
+                None => !zero,
             };
             let kind = if contains_data {
                 "Data"
@@ -324,8 +320,8 @@ impl<'a> Walk<'a> {
                 "Preallocated"
             };
             self.report.corrupt(format_args!(
-            "ERROR offset={offset:x}: {kind} cluster is not properly aligned; L2 entry corrupted."
-        ));
+                "ERROR offset={offset:x}: {kind} cluster is not properly aligned; L2 entry corrupted."
+            ));
             if !contains_data {
                 return;
             }
@@ -338,7 +334,7 @@ impl<'a> Walk<'a> {
             *next_contiguous = offset + self.cluster_size;
         }
         if !has_data_file {
-            self.inc(offset, self.cluster_size);
+            self.inc(host, self.cluster_size);
             data.push(offset >> self.cluster_bits);
         }
     }

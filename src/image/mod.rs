@@ -1,10 +1,14 @@
-//! An opened qcow2 image: header, snapshot table, active L1 table, backing
-//! file, and the states it holds.
+//! An opened qcow2 image: header, snapshot table, backing file, and the
+//! states it holds (each state's L1 table is read when the state is
+//! opened, not kept with the image).
 //!
-//! "Where is snapshot X's cluster c read" is answered in [`state`]:
-//! [`State::map`] walks the state's L1 table and the cached L2 tables and
-//! says what a run of guest bytes is; [`State::read_at`] turns runs into
-//! bytes.
+//! "Where is snapshot X's cluster c read" is answered in `state.rs`:
+//! [`State::runs`] walks the state's L1 table and the cached L2 tables and
+//! says what each run of guest bytes is (a [`Mapping`]);
+//! [`State::read_mapped`] turns runs into bytes, inflating the compressed
+//! clusters of a window side by side (`inflate.rs`), and going to the
+//! backing file (`backing.rs`) for what the image does not hold.
+//! `refcounts.rs` reads the stored refcounts, for the check.
 
 mod backing;
 mod inflate;
@@ -14,6 +18,7 @@ mod state;
 pub use crate::qcow2::cluster::Mapping;
 pub use backing::{Backing, MAX_BACKING_CHAIN, inside, resolve_name};
 use backing::{check_inside, open_backing};
+pub use inflate::Inflater;
 pub use refcounts::Refcounts;
 pub use state::{Run, State, VmState};
 
@@ -32,10 +37,6 @@ use crate::qcow2::offsets::HostOffset;
 use crate::qcow2::snapshot::{Snapshot, read_snapshots};
 use crate::source::{PastEnd, SourceFile};
 
-/// Counter of data-cluster reads (uncompressed or compressed), process-wide;
-/// tests use it to show that metadata-only work reads no data.
-pub static DATA_READS: AtomicU64 = AtomicU64::new(0);
-
 static NEXT_IMAGE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// How images (and their backing files) are opened.
@@ -48,6 +49,9 @@ pub struct OpenOptions {
     /// What reads past the end of a file give: errors to serve the image,
     /// zeros to check it as `qemu-img check` does.
     pub past_end: PastEnd,
+    /// The threads that inflate compressed clusters side by side for every
+    /// image opened with these options.
+    pub inflater: Arc<Inflater>,
 }
 
 impl OpenOptions {
@@ -57,6 +61,7 @@ impl OpenOptions {
             caches: Caches::new(cache_bytes),
             backing_root: None,
             past_end: PastEnd::Error,
+            inflater: Inflater::new(),
         }
     }
 
@@ -71,7 +76,7 @@ impl OpenOptions {
     }
 }
 
-/// An open qcow2 image: header, snapshot table, active L1 table and backing.
+/// An open qcow2 image: header, snapshot table and backing file.
 pub struct Image {
     id: u64,
     file: SourceFile,
@@ -81,7 +86,12 @@ pub struct Image {
     snapshot_table_bytes: u64,
     backing: Option<Backing>,
     caches: Arc<Caches>,
+    inflater: Arc<Inflater>,
     geo: CompressedGeometry,
+    /// Data clusters read so far (a run of uncompressed ones counts once,
+    /// a compressed one each time it is inflated): what shows that work
+    /// on metadata alone reads no data.
+    data_reads: AtomicU64,
 }
 
 /// Which state of an image.
@@ -123,7 +133,7 @@ impl Image {
         ) {
             (Some(name), true) => {
                 let p = resolve_name(dir, name);
-                check_inside(&p, opts, name)?;
+                check_inside(&p, opts)?;
                 Some(SourceFile::open_reading(&p, opts.past_end)?)
             }
             _ => None,
@@ -138,7 +148,7 @@ impl Image {
             Some(name) => {
                 let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
                 chain.push(canon);
-                let b = open_backing(dir, name, header.backing_format.as_deref(), opts, chain);
+                let b = open_backing(path, name, header.backing_format.as_deref(), opts, chain);
                 chain.pop();
                 Some(b)
             }
@@ -154,7 +164,9 @@ impl Image {
             snapshot_table_bytes,
             backing,
             caches: Arc::clone(&opts.caches),
+            inflater: Arc::clone(&opts.inflater),
             geo,
+            data_reads: AtomicU64::new(0),
         }))
     }
 
@@ -196,6 +208,22 @@ impl Image {
     /// The caches this image uses.
     pub fn caches(&self) -> &Arc<Caches> {
         &self.caches
+    }
+
+    /// The threads that inflate this image's compressed clusters.
+    fn inflater(&self) -> &Inflater {
+        &self.inflater
+    }
+
+    /// How many reads of data clusters this opening of the image has made
+    /// (reads of its backing file are the backing image's).
+    pub fn data_reads(&self) -> u64 {
+        self.data_reads.load(Ordering::Relaxed)
+    }
+
+    /// Count a read of data clusters.
+    fn count_data_read(&self) {
+        self.data_reads.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Read the active L1 table (validated when the header was read). It
@@ -260,15 +288,7 @@ impl Image {
         index: u64,
         what: &dyn Fn() -> String,
     ) -> Result<L2Entry> {
-        let ext = self.header.extended_l2();
-        let words = if ext { 2 } else { 1 };
-        let i = (index * words) as usize;
-        let entry = table.get(i).copied().unwrap_or(0);
-        let bitmap = if ext {
-            Some(table.get(i + 1).copied().unwrap_or(0))
-        } else {
-            None
-        };
+        let (entry, bitmap) = cluster::l2_words(table, index, self.header.extended_l2());
         cluster::decode_l2(entry, bitmap, self.header.cluster_bits, self.geo, what)
     }
 
@@ -289,7 +309,7 @@ impl Image {
     /// The decompressed bytes of the compressed cluster at `host`.
     pub fn decompressed(&self, host: HostOffset, len: u64) -> Result<Arc<Vec<u8>>> {
         self.caches.decompressed.get_or_load((self.id, host.0), || {
-            DATA_READS.fetch_add(1, Ordering::Relaxed);
+            self.count_data_read();
             // The last sector of the stream may lie past the end of the file;
             // what is missing reads as zeros, as in QEMU.
             let avail = self.file.len().saturating_sub(host.0).min(len);
@@ -320,22 +340,19 @@ impl Image {
 fn check_l1_distinct(l1: &L1Table, which: StateId) -> Result<()> {
     // Offsets alone (8 bytes an entry), sorted; the entries are found again
     // only for the error message.
-    let mut seen: Vec<u64> = l1
-        .used()
-        .map(|(_, e)| e & cluster::L1E_OFFSET_MASK)
-        .filter(|&o| o != 0)
-        .collect();
+    let l2_of = |e: u64| cluster::l1_fields(e).l2;
+    let mut seen: Vec<HostOffset> = l1.used().filter_map(|(_, e)| l2_of(e)).collect();
     seen.sort_unstable();
     let Some(dup) = seen.windows(2).find(|w| w[0] == w[1]).map(|w| w[0]) else {
         return Ok(());
     };
     let mut at = l1
         .used()
-        .filter(|&(_, e)| e & cluster::L1E_OFFSET_MASK == dup)
+        .filter(|&(_, e)| l2_of(e) == Some(dup))
         .map(|(i, _)| i);
     let (a, b) = (at.next().unwrap_or(0), at.next().unwrap_or(0));
     Err(Error::corrupt(
         format!("L1 table of {which:?}"),
-        format!("entries {a} and {b} both point to the L2 table at {dup:#x}"),
+        format!("entries {a} and {b} both point to the L2 table at {dup}"),
     ))
 }

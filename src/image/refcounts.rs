@@ -6,9 +6,7 @@ use std::sync::Arc;
 use super::Image;
 use crate::error::{Error, Result};
 use crate::qcow2::be::be64_table;
-use crate::qcow2::cluster::REFT_OFFSET_MASK;
-use crate::qcow2::offsets::HostOffset;
-use crate::qcow2::refcount::refcount_at;
+use crate::qcow2::refcount::{refcount_at, reftable_fields};
 
 /// The refcount table of an image, loaded once, with blocks read through the
 /// image's refcount-block cache.
@@ -39,8 +37,7 @@ impl Refcounts {
 
     /// Refcount entries per refcount block.
     pub fn entries_per_block(&self) -> u64 {
-        let h = self.image.header();
-        (h.cluster_size() * 8) >> h.refcount_order
+        self.image.header().refcounts_per_block()
     }
 
     /// The stored refcount of host cluster `cluster`. Clusters beyond the
@@ -54,10 +51,9 @@ impl Refcounts {
         else {
             return Ok(0);
         };
-        let block = HostOffset(entry & REFT_OFFSET_MASK);
-        if block.0 == 0 {
+        let Some(block) = reftable_fields(entry).block else {
             return Ok(0);
-        }
+        };
         if !block.is_cluster_aligned(h.cluster_bits) {
             return Err(Error::corrupt(
                 format!("refcount table entry {}", cluster / per_block),

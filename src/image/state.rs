@@ -2,11 +2,10 @@
 //! mapping of guest bytes, and reads that turn mappings into bytes.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use super::{DATA_READS, Image, StateId};
+use super::{Image, StateId};
 use crate::error::{Error, Result};
-use crate::qcow2::cluster::{self, Mapping, SUBCLUSTERS};
+use crate::qcow2::cluster::{self, Mapping};
 use crate::qcow2::l1::L1Table;
 use crate::qcow2::offsets::{GuestOffset, HostOffset};
 use crate::view::{Extent, ExtentKind, View, clip, push_extent};
@@ -34,21 +33,12 @@ impl State {
         &self.image
     }
 
-    /// The run of bytes starting at `guest`, at most `max_len` long, that has
-    /// one mapping. Runs of allocated L2 tables stop at the table's
-    /// boundary; a run of unused L1 entries is one run, however long, so
-    /// that walking a state costs time in proportion to the tables that
-    /// exist, not to the virtual size. Offsets past the L1 table are
-    /// unallocated (they can only be reached for VM state).
-    pub fn map(&self, guest: GuestOffset, max_len: u64) -> Result<Run> {
-        match self.table_at(guest, max_len)? {
-            Table::Unused(run) => Ok(run),
-            Table::L2(t) => self.run_in(&t, guest, max_len.min(t.end - guest.0)),
-        }
-    }
-
     /// The L2 table that maps `guest`, or the run of unused L1 entries
-    /// (at most `max_len` bytes) it lies in.
+    /// (at most `max_len` bytes) it lies in: a run of unused L1 entries is
+    /// one run, however long, so that walking a state costs time in
+    /// proportion to the tables that exist, not to the virtual size.
+    /// Offsets past the L1 table are unallocated (they can only be reached
+    /// for VM state).
     fn table_at(&self, guest: GuestOffset, max_len: u64) -> Result<Table> {
         let h = self.image.header();
         let coverage = h.l1_coverage();
@@ -90,11 +80,7 @@ impl State {
     fn run_in(&self, t: &L2At, guest: GuestOffset, max_len: u64) -> Result<Run> {
         let h = self.image.header();
         let cs = h.cluster_size();
-        let sc_size = if h.extended_l2() {
-            cs / u64::from(SUBCLUSTERS)
-        } else {
-            cs
-        };
+        let sc_size = h.subcluster_size();
         let mut pos = guest.0;
         let end = guest.0.saturating_add(max_len);
         let mut first: Option<Mapping> = None;
@@ -171,7 +157,7 @@ impl State {
                     _ => out.fill(0),
                 },
                 Mapping::Data(host) => {
-                    DATA_READS.fetch_add(1, Ordering::Relaxed);
+                    self.image.count_data_read();
                     let src = self.image.data_source();
                     src.read_exact_at(out, host.0, "data cluster")?;
                 }
@@ -191,8 +177,11 @@ impl State {
         Ok(())
     }
 
-    /// The runs of this image's own mapping over `[offset, offset + len)`;
-    /// each L2 table is looked up once for all the runs inside it.
+    /// The runs of this image's own mapping over `[offset, offset + len)`,
+    /// each with one mapping: "where is this state's guest byte" is
+    /// answered here, for reads, extents and cluster maps alike. Each L2
+    /// table is looked up once for all the runs inside it; runs inside an
+    /// L2 table stop at its boundary.
     pub fn runs(&self, offset: u64, len: u64) -> Result<Vec<Run>> {
         let mut out: Vec<Run> = Vec::new();
         let end = offset.saturating_add(len);

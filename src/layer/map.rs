@@ -11,6 +11,8 @@
 
 use crate::error::{Error, Result};
 use crate::image::{Image, Mapping, State};
+use crate::qcow2::cluster::SUBCLUSTERS;
+use crate::qcow2::offsets::HostOffset;
 use crate::view::{ExtentKind, View};
 
 /// Most runs a cluster map may hold (2^22 runs, 96 MiB): a state more
@@ -25,11 +27,11 @@ pub enum Own {
     /// Reads zeros.
     Zero,
     /// One host cluster; for a run, the host offset of its first cluster.
-    Host(u64),
+    Host(HostOffset),
     /// A compressed cluster: host offset and length of its descriptor.
     Compressed {
         /// Host offset of the compressed data.
-        host: u64,
+        host: HostOffset,
         /// Bytes from `host` to the end of the descriptor's last sector.
         len: u64,
     },
@@ -37,8 +39,8 @@ pub enum Own {
     /// nor wholly one kind: the same host cluster and bitmaps mean the same
     /// bytes.
     Subclusters {
-        /// Host cluster offset (0: none).
-        host: u64,
+        /// Host cluster offset, if set.
+        host: Option<HostOffset>,
         /// Allocated subclusters.
         alloc: u32,
         /// Subclusters that read as zeros.
@@ -53,7 +55,7 @@ impl Own {
     /// The kind of cluster `k` of a run that starts with `self`.
     pub fn nth(self, k: u64, cluster_size: u64) -> Own {
         match self {
-            Own::Host(h) => Own::Host(h + k * cluster_size),
+            Own::Host(h) => Own::Host(HostOffset(h.0 + k * cluster_size)),
             o => o,
         }
     }
@@ -99,7 +101,7 @@ impl Runs {
             && last.end() == start
         {
             let merge = match (last.own, own) {
-                (Own::Host(a), Own::Host(b)) => a + last.count * self.cluster_size == b,
+                (Own::Host(a), Own::Host(b)) => a.0 + last.count * self.cluster_size == b.0,
                 (Own::Backing, Own::Backing) | (Own::Zero, Own::Zero) => true,
                 (Own::Opaque, Own::Opaque) => true,
                 _ => false,
@@ -124,7 +126,7 @@ impl Runs {
 /// The mapping of one guest cluster that is covered by more than one run:
 /// gathered piece by piece, then described as subclusters.
 struct Pieces {
-    host: Option<u64>,
+    host: Option<HostOffset>,
     alloc: u32,
     zero: u32,
     unallocated: bool,
@@ -150,10 +152,10 @@ impl Pieces {
         }
         let first = from / sc_size;
         let last = to.div_ceil(sc_size);
-        let bits = (first..last.min(32)).fold(0u32, |b, i| b | (1 << i));
+        let bits = (first..last.min(u64::from(SUBCLUSTERS))).fold(0u32, |b, i| b | (1 << i));
         match m {
             Mapping::Data(h) => {
-                let base = h.0.wrapping_sub(from);
+                let base = HostOffset(h.0.wrapping_sub(from));
                 if self.host.is_some_and(|b| b != base) {
                     self.opaque = true;
                 }
@@ -175,7 +177,7 @@ impl Pieces {
             // Unallocated subclusters read zeros when nothing is beneath.
             let zero = if has_backing { self.zero } else { !self.alloc };
             Own::Subclusters {
-                host: self.host.unwrap_or(0),
+                host: self.host,
                 alloc: self.alloc,
                 zero,
             }
@@ -199,7 +201,7 @@ impl ClusterMap {
         let h = image.header();
         let cb = h.cluster_bits;
         let cs = h.cluster_size();
-        let sc_size = if h.extended_l2() { cs / 32 } else { cs };
+        let sc_size = h.subcluster_size();
         let has_backing = image.backing().is_some();
         let size = state.size();
         let mut out = Runs::new(cs);
@@ -222,10 +224,12 @@ impl ClusterMap {
                     match run.mapping {
                         Mapping::Unallocated => out.push(c, n, Own::Backing)?,
                         Mapping::Zero => out.push(c, n, Own::Zero)?,
-                        Mapping::Data(host) => out.push(c, n, Own::Host(host.0 + (off - pos)))?,
+                        Mapping::Data(host) => {
+                            out.push(c, n, Own::Host(host.advanced(off - pos)))?
+                        }
                         Mapping::Compressed { host, len, .. } => {
                             for k in 0..n {
-                                let own = Own::Compressed { host: host.0, len };
+                                let own = Own::Compressed { host, len };
                                 out.push(c + k, 1, own)?;
                             }
                         }

@@ -28,9 +28,12 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::image::State;
-use crate::qcow2::cluster::{CompressedGeometry, L2Entry, encode_l1};
-use crate::qcow2::header::LayerHeader;
+use crate::qcow2::cluster::{CompressedGeometry, L2E_WORD_SIZE, L2Entry, encode_l1};
+use crate::qcow2::layer_header::LayerHeader;
 use crate::qcow2::offsets::HostOffset;
+use crate::qcow2::refcount::{
+    encode_reftable, refcount_block_byte, refcount_max, refcounts_per_block,
+};
 use crate::view::{Extent, View, all_data, clip};
 
 pub use map::{ClusterMap, MAX_MAP_RUNS};
@@ -82,7 +85,7 @@ impl Layer {
         let cs = h.cluster_size();
         let LayerPlan { runs: plan, stats } = plan::plan(xmap, ymap, cb);
         let guest_clusters = x.size().div_ceil(cs);
-        let l2_entries = cs / 8;
+        let l2_entries = cs / L2E_WORD_SIZE;
         let l1_size = guest_clusters.div_ceil(l2_entries);
         let mut l2_present: Vec<u64> = Vec::new();
         for r in plan.iter().filter(|r| r.plan != Plan::Unallocated) {
@@ -97,7 +100,7 @@ impl Layer {
         let l1_clusters = (l1_size * 8).div_ceil(cs);
         let data_clusters = stats.data_bytes.div_ceil(cs);
         let fixed = 1 + l1_clusters + l2_present.len() as u64 + data_clusters;
-        let per_block = (cs * 8) >> LAYER_REFCOUNT_ORDER;
+        let per_block = refcounts_per_block(cb, LAYER_REFCOUNT_ORDER);
         // Refcount structures cover themselves too: grow until they fit.
         let (mut rb, mut rt) = (1u64, 1u64);
         loop {
@@ -181,7 +184,7 @@ impl Layer {
             },
             // The same sector count, the same offset within the first sector.
             Plan::Compressed { host, len } => L2Entry::Compressed {
-                host: HostOffset(self.data_offset + r.at + (host - sector_span(host, len).0)),
+                host: HostOffset(self.data_offset + r.at + (host.0 - sector_span(host, len).0.0)),
                 len,
             },
         };
@@ -189,7 +192,7 @@ impl Layer {
     }
 
     /// The refcount of file cluster `k`.
-    fn refcount(&self, k: u64) -> u16 {
+    fn refcount(&self, k: u64) -> u64 {
         let cs = 1u64 << self.cluster_bits;
         if k >= self.total_clusters {
             return 0;
@@ -206,7 +209,7 @@ impl Layer {
             .take_while(|r| r.at < d + cs)
             .filter(|r| r.len > 0)
             .count();
-        u16::try_from(n).unwrap_or(u16::MAX)
+        (n as u64).min(refcount_max(LAYER_REFCOUNT_ORDER))
     }
 
     /// Fill `out` with the bytes of metadata cluster `k` from `within`.
@@ -231,17 +234,16 @@ impl Layer {
             let first = (pos - self.reftable_offset) / 8;
             let nb = (self.l1_offset - self.refblocks_offset) / cs;
             fill_entries(out, first, &|i| {
-                if i < nb {
-                    self.refblocks_offset + i * cs
-                } else {
-                    0
-                }
+                encode_reftable((i < nb).then(|| HostOffset(self.refblocks_offset + i * cs)))
             });
         } else if pos < self.l1_offset {
-            let first = (pos - self.refblocks_offset) / 2;
+            // Refcount blocks follow one another: byte b of the first block
+            // is byte b of the entries of every file cluster in order.
+            let first = pos - self.refblocks_offset;
+            let refcount = |k: u64| self.refcount(k);
             for (i, b) in out.iter_mut().enumerate() {
-                let byte = within + i as u64;
-                *b = self.refcount(first + byte / 2).to_be_bytes()[(byte % 2) as usize];
+                let byte = first + within + i as u64;
+                *b = refcount_block_byte(byte, LAYER_REFCOUNT_ORDER, &refcount);
             }
         } else if pos < self.l2_offset {
             let first = (pos - self.l1_offset) / 8;
@@ -254,7 +256,7 @@ impl Layer {
         } else {
             let rank = (pos - self.l2_offset) / cs;
             let l1 = self.l2_present.get(rank as usize).copied().unwrap_or(0);
-            let first = l1 * (cs / 8);
+            let first = l1 * (cs / L2E_WORD_SIZE);
             let guest_clusters = self.x.size().div_ceil(cs);
             fill_entries(out, 0, &|i| {
                 if first + i < guest_clusters {
@@ -289,15 +291,15 @@ impl Layer {
                 // but data that starts past the end is an error, as it is
                 // for the raw view.
                 let file = self.x.image().file();
-                if host >= file.len() {
+                if host.0 >= file.len() {
                     return Err(Error::PastEof {
                         what: "compressed cluster".into(),
-                        offset: host,
+                        offset: host.0,
                         len,
                         file_len: file.len(),
                     });
                 }
-                let src = sector_span(host, len).0 + (d - r.at);
+                let src = sector_span(host, len).0.0 + (d - r.at);
                 let avail = file.len().saturating_sub(src).min(n as u64) as usize;
                 file.read_exact_at(&mut out[..avail], src, "compressed cluster")?;
                 out[avail..].fill(0);

@@ -15,6 +15,7 @@
 //! places in the data area, so data offsets grow with guest offsets.
 
 use super::map::{ClusterMap, Own, OwnRun};
+use crate::qcow2::offsets::HostOffset;
 
 /// Bytes of a sector: the unit compressed data is counted in.
 pub const SECTOR: u64 = 512;
@@ -31,7 +32,7 @@ pub enum Plan {
     /// One compressed cluster of the source, carried over.
     Compressed {
         /// Source host offset of the compressed data.
-        host: u64,
+        host: HostOffset,
         /// Bytes from `host` to the end of its last sector.
         len: u64,
     },
@@ -49,9 +50,9 @@ impl Plan {
 }
 
 /// The whole sectors a compressed descriptor covers: (first byte, length).
-pub fn sector_span(host: u64, len: u64) -> (u64, u64) {
-    let start = host & !(SECTOR - 1);
-    (start, len + (host - start))
+pub fn sector_span(host: HostOffset, len: u64) -> (HostOffset, u64) {
+    let start = host.0 & !(SECTOR - 1);
+    (HostOffset(start), len + (host.0 - start))
 }
 
 /// A run of guest clusters with one plan.
@@ -232,8 +233,14 @@ mod tests {
 
     #[test]
     fn shared_clusters_and_common_zeros_are_left_out() {
-        let x = map(vec![run(0, 4, Own::Host(0x10000)), run(4, 4, Own::Zero)]);
-        let y = map(vec![run(0, 2, Own::Host(0x10000)), run(2, 6, Own::Zero)]);
+        let x = map(vec![
+            run(0, 4, Own::Host(HostOffset(0x10000))),
+            run(4, 4, Own::Zero),
+        ]);
+        let y = map(vec![
+            run(0, 2, Own::Host(HostOffset(0x10000))),
+            run(2, 6, Own::Zero),
+        ]);
         let p = plan(&x, &y, CB);
         assert_eq!(
             plans(&p),
@@ -250,7 +257,10 @@ mod tests {
     fn zeros_over_data_are_zero_clusters() {
         // X reads zeros (however it came to) where Y has data: metadata only.
         let x = map(vec![run(0, 8, Own::Zero)]);
-        let y = map(vec![run(0, 4, Own::Host(0x40000)), run(4, 4, Own::Backing)]);
+        let y = map(vec![
+            run(0, 4, Own::Host(HostOffset(0x40000))),
+            run(4, 4, Own::Backing),
+        ]);
         let p = plan(&x, &y, CB);
         assert_eq!(plans(&p), vec![(0, 8, Plan::Zero)]);
         assert_eq!(p.stats.zero_clusters, 8);
@@ -259,16 +269,19 @@ mod tests {
 
     #[test]
     fn past_the_end_of_a_smaller_state_reads_zeros() {
-        let x = map(vec![run(0, 2, Own::Host(0x10000)), run(2, 6, Own::Zero)]);
-        let y = map(vec![run(0, 2, Own::Host(0x10000))]);
+        let x = map(vec![
+            run(0, 2, Own::Host(HostOffset(0x10000))),
+            run(2, 6, Own::Zero),
+        ]);
+        let y = map(vec![run(0, 2, Own::Host(HostOffset(0x10000)))]);
         let p = plan(&x, &y, CB);
         assert_eq!(plans(&p), vec![(0, 8, Plan::Unallocated)]);
     }
 
     #[test]
     fn a_cut_last_cluster_of_the_backing_state_is_compared_as_different() {
-        let x = map(vec![run(0, 2, Own::Host(0x10000))]);
-        let y = ClusterMap::from_runs(vec![run(0, 2, Own::Host(0x10000))], CS + 512);
+        let x = map(vec![run(0, 2, Own::Host(HostOffset(0x10000)))]);
+        let y = ClusterMap::from_runs(vec![run(0, 2, Own::Host(HostOffset(0x10000)))], CS + 512);
         let p = plan(&x, &y, CB);
         assert_eq!(
             plans(&p),
@@ -283,7 +296,7 @@ mod tests {
                 0,
                 1,
                 Own::Compressed {
-                    host: 0x20010,
+                    host: HostOffset(0x20010),
                     len: 1024 - 0x10,
                 },
             ),
@@ -291,16 +304,16 @@ mod tests {
                 1,
                 1,
                 Own::Compressed {
-                    host: 0x20400,
+                    host: HostOffset(0x20400),
                     len: 512,
                 },
             ),
-            run(2, 1, Own::Host(0x90000)),
+            run(2, 1, Own::Host(HostOffset(0x90000))),
             run(
                 3,
                 1,
                 Own::Compressed {
-                    host: 0x30000,
+                    host: HostOffset(0x30000),
                     len: 1024,
                 },
             ),
@@ -321,7 +334,7 @@ mod tests {
     #[test]
     fn subclusters_are_compared_with_their_bitmaps() {
         let sub = |alloc| Own::Subclusters {
-            host: 0x50000,
+            host: Some(HostOffset(0x50000)),
             alloc,
             zero: 0,
         };

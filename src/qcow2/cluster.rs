@@ -1,8 +1,10 @@
 //! Cluster mapping: L1 and L2 entry decoding (docs/interop/qcow2.txt,
 //! "Cluster mapping" and "Extended L2 Entries").
 //!
-//! This is the only module that knows the bit layout of table entries;
-//! everything else matches on [`L2Entry`] and [`Mapping`].
+//! This is the only module that knows the bit layout of L1 and L2 entries
+//! (refcount entries are [`super::refcount`]'s); reads match on
+//! [`L2Entry`] and [`Mapping`], the check on the fields of [`l1_fields`]
+//! and [`l2_fields`], the one classifier both start from.
 
 use crate::error::{Error, Result};
 use crate::qcow2::offsets::HostOffset;
@@ -11,8 +13,6 @@ use crate::qcow2::offsets::HostOffset;
 pub const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 /// L2 entry bits 9-55: host cluster offset of a standard cluster.
 pub const L2E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
-/// Refcount table entry bits 9-63: offset of a refcount block.
-pub const REFT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
 /// Bit 63 of L1 and L2 entries: refcount is exactly one.
 pub const QCOW_OFLAG_COPIED: u64 = 1 << 63;
 /// Bit 62 of an L2 entry: the cluster is compressed.
@@ -23,10 +23,11 @@ pub const QCOW_OFLAG_ZERO: u64 = 1;
 pub const L1E_RESERVED_MASK: u64 = 0x7f00_0000_0000_01ff;
 /// Standard L2 entry bits that must be zero (1-8 and 56-61).
 pub const L2E_STD_RESERVED_MASK: u64 = 0x3f00_0000_0000_01fe;
-/// Refcount table entry bits that must be zero (0-8).
-pub const REFT_RESERVED_MASK: u64 = 0x1ff;
 /// Number of subclusters per cluster with extended L2 entries.
 pub const SUBCLUSTERS: u32 = 32;
+/// Bytes of a standard L2 entry (and of an L1 entry); an extended L2 entry
+/// is two of these words, the entry and its subcluster bitmap.
+pub const L2E_WORD_SIZE: u64 = 8;
 
 /// Geometry of compressed cluster descriptors, derived from cluster_bits.
 #[derive(Clone, Copy, Debug)]
@@ -119,6 +120,28 @@ impl Mapping {
     }
 }
 
+/// The fields of an L1 entry, split out but not judged: what the check
+/// counts, and what [`decode_l1`] judges for a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L1Fields {
+    /// Bits 9-55: the L2 table's offset (None for 0), aligned or not.
+    pub l2: Option<HostOffset>,
+    /// Bit 63: QCOW_OFLAG_COPIED.
+    pub copied: bool,
+    /// The reserved bits that are set (1-8 and 56-62), for messages.
+    pub reserved: u64,
+}
+
+/// Split an L1 entry into its fields.
+pub fn l1_fields(entry: u64) -> L1Fields {
+    let off = entry & L1E_OFFSET_MASK;
+    L1Fields {
+        l2: (off != 0).then_some(HostOffset(off)),
+        copied: entry & QCOW_OFLAG_COPIED != 0,
+        reserved: entry & L1E_RESERVED_MASK,
+    }
+}
+
 /// Decode an L1 entry into the offset of its L2 table, if any.
 /// `what` names the table for the error message.
 pub fn decode_l1(
@@ -126,10 +149,9 @@ pub fn decode_l1(
     cluster_bits: u32,
     what: &dyn Fn() -> String,
 ) -> Result<Option<HostOffset>> {
-    let off = HostOffset(entry & L1E_OFFSET_MASK);
-    if off.0 == 0 {
+    let Some(off) = l1_fields(entry).l2 else {
         return Ok(None);
-    }
+    };
     if !off.is_cluster_aligned(cluster_bits) {
         return Err(Error::corrupt(
             what(),
@@ -139,7 +161,117 @@ pub fn decode_l1(
     Ok(Some(off))
 }
 
-/// Decode an L2 entry; `bitmap` is the second word of an extended entry.
+/// The fields of an L2 entry (and of its bitmap word, with extended L2
+/// entries), classified as QEMU's `qcow2_get_cluster_type` classifies them
+/// but not judged: the one classifier, which the check counts from and
+/// [`decode_l2`] judges for a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L2Fields {
+    /// Compressed or standard, with the fields of that kind.
+    pub kind: L2Kind,
+    /// Bit 63: QCOW_OFLAG_COPIED.
+    pub copied: bool,
+    /// The bitmap word of an extended entry (0 without one), for messages.
+    pub bitmap: u64,
+}
+
+/// The two kinds of L2 entry (bit 62).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L2Kind {
+    /// A compressed cluster's descriptor.
+    Compressed {
+        /// Host offset of the compressed data.
+        host: HostOffset,
+        /// Bytes from `host` to the end of the descriptor's last sector.
+        len: u64,
+        /// Bits 0-61 of the entry, as QEMU prints a descriptor.
+        descriptor: u64,
+    },
+    /// A standard cluster descriptor.
+    Standard {
+        /// Bits 9-55: the host cluster (None for 0), aligned or not.
+        host: Option<HostOffset>,
+        /// Bit 0 of an entry without subclusters: the cluster reads as zeros.
+        zero: bool,
+        /// The reserved bits that are set (1-8 and 56-61), for messages.
+        reserved: u64,
+        /// With extended L2 entries, the subclusters' bitmaps.
+        subclusters: Option<SubclusterBits>,
+    },
+}
+
+/// The bitmap word of an extended L2 entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubclusterBits {
+    /// Bits 0-31: allocated subclusters (bit x: subcluster x).
+    pub alloc: u32,
+    /// Bits 32-63: subclusters that read as zeros.
+    pub zero: u32,
+}
+
+impl SubclusterBits {
+    /// Split a bitmap word.
+    pub fn of(bitmap: u64) -> SubclusterBits {
+        SubclusterBits {
+            alloc: bitmap as u32,
+            zero: (bitmap >> 32) as u32,
+        }
+    }
+
+    /// True when some subcluster is allocated or reads as zeros.
+    pub fn any(self) -> bool {
+        self.alloc != 0 || self.zero != 0
+    }
+}
+
+/// Split an L2 entry into its fields; `bitmap` is the second word of an
+/// extended entry.
+pub fn l2_fields(entry: u64, bitmap: Option<u64>, geo: CompressedGeometry) -> L2Fields {
+    let kind = if entry & QCOW_OFLAG_COMPRESSED != 0 {
+        let host = entry & geo.offset_mask;
+        let nb_csectors = ((entry >> geo.csize_shift) & geo.csize_mask) + 1;
+        L2Kind::Compressed {
+            host: HostOffset(host),
+            len: nb_csectors * 512 - (host & 511),
+            descriptor: entry & !QCOW_OFLAG_COPIED & !QCOW_OFLAG_COMPRESSED,
+        }
+    } else {
+        let raw = entry & L2E_OFFSET_MASK;
+        L2Kind::Standard {
+            host: (raw != 0).then_some(HostOffset(raw)),
+            zero: bitmap.is_none() && entry & QCOW_OFLAG_ZERO != 0,
+            reserved: entry & L2E_STD_RESERVED_MASK,
+            subclusters: bitmap.map(SubclusterBits::of),
+        }
+    };
+    L2Fields {
+        kind,
+        copied: entry & QCOW_OFLAG_COPIED != 0,
+        bitmap: bitmap.unwrap_or(0),
+    }
+}
+
+/// Entry `index` of an L2 table of raw words (two words an entry with
+/// extended L2 entries): the entry, and its bitmap word when extended.
+/// Words past the end of the table read as zeros.
+pub fn l2_words(table: &[u64], index: u64, extended: bool) -> (u64, Option<u64>) {
+    let word = |i: u64| {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| table.get(i))
+            .copied()
+            .unwrap_or(0)
+    };
+    if extended {
+        (word(index * 2), Some(word(index * 2 + 1)))
+    } else {
+        (word(index), None)
+    }
+}
+
+/// Decode an L2 entry for a read; `bitmap` is the second word of an
+/// extended entry. What [`l2_fields`] finds, judged: a host cluster must be
+/// aligned, and subcluster bitmaps consistent.
 pub fn decode_l2(
     entry: u64,
     bitmap: Option<u64>,
@@ -147,17 +279,15 @@ pub fn decode_l2(
     geo: CompressedGeometry,
     what: &dyn Fn() -> String,
 ) -> Result<L2Entry> {
-    if entry & QCOW_OFLAG_COMPRESSED != 0 {
-        let host = entry & geo.offset_mask;
-        let nb_csectors = ((entry >> geo.csize_shift) & geo.csize_mask) + 1;
-        let len = nb_csectors * 512 - (host & 511);
-        return Ok(L2Entry::Compressed {
-            host: HostOffset(host),
-            len,
-        });
-    }
-    let raw = entry & L2E_OFFSET_MASK;
-    let host = (raw != 0).then_some(HostOffset(raw));
+    let (host, zero, subclusters) = match l2_fields(entry, bitmap, geo).kind {
+        L2Kind::Compressed { host, len, .. } => return Ok(L2Entry::Compressed { host, len }),
+        L2Kind::Standard {
+            host,
+            zero,
+            subclusters,
+            ..
+        } => (host, zero, subclusters),
+    };
     if let Some(h) = host
         && !h.is_cluster_aligned(cluster_bits)
     {
@@ -166,9 +296,8 @@ pub fn decode_l2(
             format!("cluster offset {h} is not cluster aligned"),
         ));
     }
-    if let Some(bitmap) = bitmap {
-        let alloc = bitmap as u32;
-        let zero = (bitmap >> 32) as u32;
+    if let Some(SubclusterBits { alloc, zero }) = subclusters {
+        let bitmap = bitmap.unwrap_or(0);
         if alloc & zero != 0 {
             return Err(Error::corrupt(
                 what(),
@@ -183,7 +312,7 @@ pub fn decode_l2(
         }
         return Ok(L2Entry::Subclusters { host, alloc, zero });
     }
-    if entry & QCOW_OFLAG_ZERO != 0 {
+    if zero {
         return Ok(L2Entry::Zero { host });
     }
     Ok(match host {

@@ -2,9 +2,11 @@
 
 use crate::error::{Error, Result};
 use crate::qcow2::be::Be;
+use crate::qcow2::cluster::{L2E_WORD_SIZE, SUBCLUSTERS};
+use crate::qcow2::extensions::Extensions;
 pub use crate::qcow2::extensions::{BitmapDirectory, FeatureName};
-use crate::qcow2::extensions::{EXT_BACKING_FORMAT, EXT_END, Extensions};
 use crate::qcow2::offsets::HostOffset;
+use crate::qcow2::refcount::{refcount_max, refcounts_per_block};
 use crate::qcow2::table::validate_table;
 use crate::source::SourceFile;
 
@@ -55,8 +57,8 @@ pub const AUTOCLEAR_BITMAPS: u64 = 1 << 0;
 pub const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
 
 /// Byte offsets of the header fields (spec, "Header"), used by both the
-/// decoder and the encoder.
-mod field {
+/// decoder and the layer header's encoder.
+pub(super) mod field {
     pub const MAGIC: usize = 0;
     pub const VERSION: usize = 4;
     pub const BACKING_FILE_OFFSET: usize = 8;
@@ -77,10 +79,6 @@ mod field {
     pub const HEADER_LENGTH: usize = 100;
     pub const COMPRESSION_TYPE: usize = 104;
 }
-
-/// Length of the version 3 header with the compression type field, padded
-/// to 8 bytes: what [`LayerHeader::encode`] writes.
-pub const V3_HEADER_LENGTH: u32 = 112;
 
 /// How compressed clusters are encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,9 +154,23 @@ impl Header {
         self.incompatible_features & INCOMPAT_EXTL2 != 0
     }
 
-    /// Size of one L2 entry in bytes.
+    /// Size of one L2 entry in bytes (two words with extended L2 entries).
     pub fn l2_entry_size(&self) -> u64 {
-        if self.extended_l2() { 16 } else { 8 }
+        if self.extended_l2() {
+            2 * L2E_WORD_SIZE
+        } else {
+            L2E_WORD_SIZE
+        }
+    }
+
+    /// Bytes of one subcluster: the cluster size without extended L2
+    /// entries, a 32nd of it with them.
+    pub fn subcluster_size(&self) -> u64 {
+        if self.extended_l2() {
+            self.cluster_size() / u64::from(SUBCLUSTERS)
+        } else {
+            self.cluster_size()
+        }
     }
 
     /// Number of entries in one L2 table.
@@ -174,6 +186,16 @@ impl Header {
     /// Width of one refcount in bits.
     pub fn refcount_bits(&self) -> u32 {
         1 << self.refcount_order
+    }
+
+    /// Refcount entries in one refcount block.
+    pub fn refcounts_per_block(&self) -> u64 {
+        refcounts_per_block(self.cluster_bits, self.refcount_order)
+    }
+
+    /// The largest refcount an entry holds.
+    pub fn refcount_max(&self) -> u64 {
+        refcount_max(self.refcount_order)
     }
 
     /// Name of a feature bit from the image's own table, if it has one.
@@ -435,82 +457,4 @@ fn compression_type(
         ));
     }
     Ok(t)
-}
-
-/// The header of a synthesized layer: a qcow2 v3 header over an optional
-/// backing file, with no snapshots and 16-bit or other refcounts.
-pub struct LayerHeader<'a> {
-    /// log2 of the cluster size.
-    pub cluster_bits: u32,
-    /// Virtual size in bytes.
-    pub size: u64,
-    /// Entries of the L1 table.
-    pub l1_size: u32,
-    /// Where the L1 table is.
-    pub l1_table_offset: u64,
-    /// Where the refcount table is.
-    pub refcount_table_offset: u64,
-    /// Clusters of the refcount table.
-    pub refcount_table_clusters: u32,
-    /// log2 of the refcount width in bits.
-    pub refcount_order: u32,
-    /// How compressed clusters are encoded.
-    pub compression_type: CompressionType,
-    /// Backing file name and format, if any.
-    pub backing: Option<(&'a str, &'a str)>,
-}
-
-impl LayerHeader<'_> {
-    /// The first cluster of the file: header, backing format extension,
-    /// end of extensions, then the backing file name.
-    pub fn encode(&self) -> Result<Vec<u8>> {
-        let cs = 1usize << self.cluster_bits;
-        let mut b = vec![0u8; V3_HEADER_LENGTH as usize];
-        let put32 = |b: &mut [u8], o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_be_bytes());
-        let put64 = |b: &mut [u8], o: usize, v: u64| b[o..o + 8].copy_from_slice(&v.to_be_bytes());
-        let zstd = self.compression_type == CompressionType::Zstd;
-        put32(&mut b, field::MAGIC, QCOW2_MAGIC);
-        put32(&mut b, field::VERSION, 3);
-        put32(&mut b, field::CLUSTER_BITS, self.cluster_bits);
-        put64(&mut b, field::SIZE, self.size);
-        put32(&mut b, field::L1_SIZE, self.l1_size);
-        put64(&mut b, field::L1_TABLE_OFFSET, self.l1_table_offset);
-        put64(
-            &mut b,
-            field::REFCOUNT_TABLE_OFFSET,
-            self.refcount_table_offset,
-        );
-        put32(
-            &mut b,
-            field::REFCOUNT_TABLE_CLUSTERS,
-            self.refcount_table_clusters,
-        );
-        let incompatible = if zstd { INCOMPAT_COMPRESSION } else { 0 };
-        put64(&mut b, field::INCOMPATIBLE_FEATURES, incompatible);
-        put32(&mut b, field::REFCOUNT_ORDER, self.refcount_order);
-        put32(&mut b, field::HEADER_LENGTH, V3_HEADER_LENGTH);
-        b[field::COMPRESSION_TYPE] = u8::from(zstd);
-        if let Some((_, format)) = self.backing {
-            let fmt = format.as_bytes();
-            b.extend_from_slice(&EXT_BACKING_FORMAT.to_be_bytes());
-            b.extend_from_slice(&(fmt.len() as u32).to_be_bytes());
-            b.extend_from_slice(fmt);
-            b.resize(b.len().next_multiple_of(8), 0);
-        }
-        b.extend_from_slice(&EXT_END.to_be_bytes());
-        b.extend_from_slice(&0u32.to_be_bytes());
-        if let Some((name, _)) = self.backing {
-            let at = b.len() as u64;
-            put64(&mut b, field::BACKING_FILE_OFFSET, at);
-            put32(&mut b, field::BACKING_FILE_SIZE, name.len() as u32);
-            b.extend_from_slice(name.as_bytes());
-        }
-        if b.len() > cs {
-            return Err(Error::Unsupported {
-                feature: format!("backing file name too long for a {cs}-byte header cluster"),
-            });
-        }
-        b.resize(cs, 0);
-        Ok(b)
-    }
 }

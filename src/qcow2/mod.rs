@@ -8,6 +8,7 @@ pub mod compress;
 pub mod extensions;
 pub mod header;
 pub mod l1;
+pub mod layer_header;
 pub mod offsets;
 pub mod refcount;
 pub mod snapshot;

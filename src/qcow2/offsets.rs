@@ -16,6 +16,11 @@ pub struct GuestOffset(pub u64);
 pub struct HostOffset(pub u64);
 
 impl HostOffset {
+    /// The offset `n` bytes further on.
+    pub fn advanced(self, n: u64) -> HostOffset {
+        HostOffset(self.0 + n)
+    }
+
     /// True when the offset is a multiple of the cluster size.
     pub fn is_cluster_aligned(self, cluster_bits: u32) -> bool {
         self.0 & ((1u64 << cluster_bits) - 1) == 0

@@ -307,7 +307,11 @@ impl Mount {
     /// SIGTERM, and the exit status.
     pub fn stop(&mut self) -> i32 {
         let mut child = self.child.take().unwrap();
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
         let status = child.wait().unwrap();
         wait_until("the unmount", || !is_mounted(&self.mp));
         status.code().unwrap_or(-1)
@@ -439,4 +443,21 @@ pub fn peak_rss(pid: u32) -> u64 {
         .parse::<u64>()
         .unwrap()
         * 1024
+}
+
+/// An image with two snapshots: data, a compressed cluster, zero writes
+/// and a discard between them.
+pub fn image_with_snapshots(dir: &Path, name: &str) -> PathBuf {
+    let img = at(dir, name);
+    create(&img, "16M", "");
+    qemu_io(
+        &img,
+        "qcow2",
+        &["write -P 0x11 0 1M", "write -c -P 0x12 8M 64k"],
+    );
+    snapshot(&img, "aaa");
+    qemu_io(&img, "qcow2", &["write -P 0x21 512k 1M", "write -z 8M 64k"]);
+    snapshot(&img, "bbb");
+    qemu_io(&img, "qcow2", &["write -P 0x31 4M 64k", "discard 0 64k"]);
+    img
 }
