@@ -8,7 +8,7 @@ use fuser::{Config, MountOption, SessionACL};
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, io_reason};
 use crate::fuse::{Fs, MAX_READ, REQUEST_SIZE};
 use crate::tree::{Tree, TreeOptions};
 
@@ -17,18 +17,29 @@ use crate::tree::{Tree, TreeOptions};
 pub struct MountArgs {
     /// Folder of images to show.
     pub image_dir: PathBuf,
-    /// Where to mount it.
+    /// Where to mount it: an empty folder outside IMAGE_DIR.
     pub mountpoint: PathBuf,
     /// Mount options, comma-separated: allow_other, allow_root,
-    /// default_permissions, fsname=NAME, subtype=NAME (ro is implied).
-    #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
+    /// default_permissions, nonempty, fsname=NAME, subtype=NAME (ro is
+    /// implied; an empty list is allowed).
+    #[arg(
+        short = 'o',
+        long = "options",
+        value_name = "OPTIONS",
+        value_delimiter = ','
+    )]
     pub options: Vec<String>,
-    /// Detach once the mount is ready.
+    /// Detach once the mount is ready; the log then goes to syslog, or to
+    /// --log-file.
     #[arg(long)]
     pub daemon: bool,
+    /// Append the log to PATH (instead of standard error, or of syslog
+    /// with --daemon).
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
     /// Cache budget for L2 tables, refcount blocks and decompressed clusters
-    /// (bytes, or with a K, M or G suffix).
-    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    /// (bytes, or with a K, M or G suffix; more than 0).
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_cache_size)]
     pub cache_size: u64,
     /// Follow backing files that lie outside IMAGE_DIR.
     #[arg(long)]
@@ -38,9 +49,19 @@ pub struct MountArgs {
     /// otherwise; snapshot views are always served).
     #[arg(long)]
     pub force_share: bool,
-    /// Threads serving requests.
-    #[arg(long, default_value_t = 4)]
+    /// Threads serving requests (1 to 1024).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = parse_threads)]
     pub threads: usize,
+}
+
+impl MountArgs {
+    /// The mount options, trimmed, without empty ones.
+    fn option_list(&self) -> impl Iterator<Item = &str> {
+        self.options
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+    }
 }
 
 /// Parse "64M", "1G", "4096".
@@ -56,6 +77,29 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("'{s}' is not a size such as 64M"))
+}
+
+/// A size as [`parse_size`] reads it, refused when it is 0: a cache of
+/// nothing would read every table again at every request.
+fn parse_cache_size(s: &str) -> std::result::Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("the cache size must be more than 0 (the default is 64M)".into()),
+        n => Ok(n),
+    }
+}
+
+/// Most threads that may serve one mount.
+const MAX_THREADS: usize = 1024;
+
+/// A number of serving threads, 1 to [`MAX_THREADS`].
+fn parse_threads(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        Ok(_) => Err(format!(
+            "'{s}' threads: give 1 to {MAX_THREADS} (the default is 4)"
+        )),
+        Err(_) => Err(format!("'{s}' is not a number of threads")),
+    }
 }
 
 fn fail<T>(detail: String) -> Result<T> {
@@ -133,12 +177,7 @@ fn config(args: &MountArgs) -> Result<Config> {
     let mut fsname = None;
     let mut subtype = "qcow2fs".to_string();
     let mut default_permissions = false;
-    for o in args
-        .options
-        .iter()
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-    {
+    for o in args.option_list() {
         match o.split_once('=') {
             Some(("fsname", v)) => fsname = Some(v.to_string()),
             Some(("subtype", v)) => subtype = v.to_string(),
@@ -149,6 +188,8 @@ fn config(args: &MountArgs) -> Result<Config> {
             }
             None if o == "allow_root" => c.acl = SessionACL::RootAndOwner,
             None if o == "default_permissions" => default_permissions = true,
+            // Checked before mounting (see `check_contents`).
+            None if o == "nonempty" => {}
             None if o == "rw" => {
                 return fail("qcow2fs mounts are read-only; option 'rw' is refused".into());
             }
@@ -166,7 +207,7 @@ fn config(args: &MountArgs) -> Result<Config> {
         fsname.unwrap_or_else(|| args.image_dir.display().to_string()),
     ));
     c.mount_options.push(MountOption::Subtype(subtype));
-    c.n_threads = Some(args.threads.max(1));
+    c.n_threads = Some(args.threads);
     c.clone_fd = true;
     Ok(c)
 }
@@ -178,21 +219,173 @@ fn folder(path: &Path, what: &str) -> Result<std::path::PathBuf> {
     match std::fs::canonicalize(path) {
         Ok(p) if p.is_dir() => Ok(p),
         Ok(_) => fail(format!("{}: {what} is not a folder", path.display())),
-        Err(e) => fail(format!("{}: {what}: {e}", path.display())),
+        Err(e) => fail(format!("{}: {what}: {}", path.display(), io_reason(&e))),
     }
+}
+
+/// The start of every refusal to mount: both paths.
+fn refusing(image_dir: &Path, mp: &Path) -> String {
+    format!(
+        "refusing to mount IMAGE_DIR {} at MOUNTPOINT {}",
+        image_dir.display(),
+        mp.display()
+    )
+}
+
+/// Refuse a MOUNTPOINT that is IMAGE_DIR or lies inside it (the mount
+/// would list itself, and every request on it would wait on the mount
+/// forever), and an IMAGE_DIR inside MOUNTPOINT (the mount would hide the
+/// images). Both paths are absolute and resolved.
+fn check_places(image_dir: &Path, mp: &Path) -> Result<()> {
+    let why = if mp == image_dir {
+        "MOUNTPOINT is IMAGE_DIR itself: give an empty folder outside IMAGE_DIR as MOUNTPOINT"
+    } else if mp.starts_with(image_dir) {
+        "MOUNTPOINT lies inside IMAGE_DIR, so the mount would show itself: \
+         give an empty folder outside IMAGE_DIR as MOUNTPOINT"
+    } else if image_dir.starts_with(mp) {
+        "IMAGE_DIR lies inside MOUNTPOINT, so the mount would hide it: \
+         give an empty folder outside IMAGE_DIR as MOUNTPOINT"
+    } else {
+        return Ok(());
+    };
+    fail(format!("{}: {why}", refusing(image_dir, mp)))
+}
+
+/// Refuse a MOUNTPOINT that holds disk images in any case (were the
+/// arguments swapped, the VMs would lose their disks), and one that holds
+/// other files unless `nonempty`.
+fn check_contents(image_dir: &Path, mp: &Path, nonempty: bool) -> Result<()> {
+    let mut budget = SCAN_ENTRIES;
+    if let Some(img) = find_image(mp, 2, &mut budget) {
+        return fail(format!(
+            "{}: MOUNTPOINT holds disk images ({}), which the mount would hide from \
+             the VMs that use them; were the two paths swapped? \
+             (usage: qcow2fs mount IMAGE_DIR MOUNTPOINT)",
+            refusing(image_dir, mp),
+            img.display()
+        ));
+    }
+    let first = std::fs::read_dir(mp)
+        .map_err(|e| Error::Mount {
+            detail: format!("{}: {}", mp.display(), io_reason(&e)),
+        })?
+        .filter_map(|e| e.ok())
+        .next();
+    match first {
+        Some(e) if !nonempty => fail(format!(
+            "{}: MOUNTPOINT is not empty (it holds {}), and the mount would hide \
+             its files: give an empty folder, or add -o nonempty",
+            refusing(image_dir, mp),
+            e.file_name().to_string_lossy()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// How many folder entries a scan of MOUNTPOINT or IMAGE_DIR looks at, at
+/// most: the checks must not take long on a large folder.
+const SCAN_ENTRIES: usize = 10_000;
+
+/// Endings of the names of disk image files.
+const IMAGE_ENDINGS: &[&str] = &[
+    "qcow2", "qcow", "img", "raw", "iso", "vmdk", "vdi", "vhd", "vhdx", "qed",
+];
+
+/// True when `p`'s name ends as a disk image's does.
+fn image_name(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_ENDINGS.iter().any(|i| e.eq_ignore_ascii_case(i)))
+}
+
+/// The first disk image (by its name, or a qcow2 file by its magic) in
+/// `dir` or its folders down to `depth` levels, looking at no more than
+/// `budget` entries. Symbolic links are judged by their name, not followed.
+fn find_image(dir: &Path, depth: usize, budget: &mut usize) -> Option<PathBuf> {
+    let mut folders = Vec::new();
+    for e in std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()) {
+        if *budget == 0 {
+            return None;
+        }
+        *budget -= 1;
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => folders.push(p),
+            Ok(t) if t.is_file() && (image_name(&p) || crate::image::is_qcow2(&p)) => {
+                return Some(p);
+            }
+            Ok(t) if t.is_symlink() && image_name(&p) => return Some(p),
+            _ => {}
+        }
+    }
+    if depth == 0 {
+        return None;
+    }
+    folders
+        .iter()
+        .find_map(|f| find_image(f, depth - 1, budget))
+}
+
+/// Log every file under `dir` named `.qcow2` that does not start with the
+/// qcow2 magic: the mount shows it as a plain file, and a backup of it
+/// would copy whatever it holds.
+fn warn_damaged_magic(dir: &Path, depth: usize, budget: &mut usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        if *budget == 0 {
+            return;
+        }
+        *budget -= 1;
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() && depth > 0 => warn_damaged_magic(&p, depth - 1, budget),
+            Ok(t) if t.is_file() && has_qcow2_name(&p) => {
+                if let Some(magic) = first_bytes(&p)
+                    && magic != crate::qcow2::header::QCOW2_MAGIC.to_be_bytes()
+                {
+                    log::warn!(
+                        "{}: named .qcow2 but lacks the qcow2 magic (it starts with {}): \
+                         shown as a plain file",
+                        p.display(),
+                        magic.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn has_qcow2_name(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("qcow2"))
+}
+
+/// The first four bytes of a file, when it can be read and has them.
+fn first_bytes(p: &Path) -> Option<[u8; 4]> {
+    use std::io::Read;
+    let mut b = [0u8; 4];
+    std::fs::File::open(p).ok()?.read_exact(&mut b).ok()?;
+    Some(b)
 }
 
 /// Mount and serve until unmounted or signalled.
 pub fn mount(args: &MountArgs) -> Result<()> {
     let cfg = config(args)?;
     let image_dir = folder(&args.image_dir, "IMAGE_DIR")?;
-    let mp = folder(&args.mountpoint, "mountpoint")?;
+    let mp = folder(&args.mountpoint, "MOUNTPOINT")?;
+    check_places(&image_dir, &mp)?;
     if mount_device(&mp).is_some() {
         return fail(format!(
-            "{}: mountpoint is busy (something is mounted there)",
+            "{}: MOUNTPOINT is busy (something is mounted there; findmnt {} tells what)",
+            mp.display(),
             mp.display()
         ));
     }
+    check_contents(&image_dir, &mp, args.option_list().any(|o| o == "nonempty"))?;
     let detached = std::env::var_os(DETACHED_ENV).is_some();
     if detached {
         // The serving copy that `--daemon` started: a session of its own,
@@ -202,6 +395,7 @@ pub fn mount(args: &MountArgs) -> Result<()> {
     } else if args.daemon {
         return daemonize(&mp);
     }
+    warn_damaged_magic(&image_dir, 8, &mut (10 * SCAN_ENTRIES));
     let tree = Tree::new(
         &image_dir,
         &TreeOptions {
@@ -235,7 +429,7 @@ pub fn mount(args: &MountArgs) -> Result<()> {
         silence_stderr();
     }
     session.run().map_err(|e| Error::Mount {
-        detail: format!("serving the mount: {e}"),
+        detail: format!("serving the mount: {}", io_reason(&e)),
     })
 }
 
@@ -247,7 +441,7 @@ type Unmount = Box<dyn FnMut() + Send>;
 /// (fuse.qcow2fs); otherwise let fuser go through fusermount.
 fn start_session(fs: Fs, mp: &Path, cfg: &Config) -> Result<(fuser::Session<Fs>, Unmount)> {
     let failed = |e: std::io::Error| Error::Mount {
-        detail: format!("{}: mount failed: {e}", mp.display()),
+        detail: format!("{}: mount failed: {}", mp.display(), io_reason(&e)),
     };
     match kernel_mount(mp, cfg) {
         Ok(fd) => {
@@ -341,6 +535,12 @@ fn raise_readahead(mp: &Path) {
 /// starts to serve the mount.
 const DETACHED_ENV: &str = "QCOW2FS_DETACHED";
 
+/// True in the copy of `qcow2fs mount` that `--daemon` started to serve
+/// the mount.
+pub fn is_detached() -> bool {
+    std::env::var_os(DETACHED_ENV).is_some()
+}
+
 /// How long `--daemon` waits for the serving copy to mount.
 const DAEMON_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -349,7 +549,7 @@ const DAEMON_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 fn daemonize(mp: &Path) -> Result<()> {
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().map_err(|e| Error::Mount {
-        detail: format!("own executable: {e}"),
+        detail: format!("own executable: {}", io_reason(&e)),
     })?;
     let mut child = Command::new(exe)
         .args(std::env::args_os().skip(1))
@@ -359,7 +559,7 @@ fn daemonize(mp: &Path) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::Mount {
-            detail: format!("starting the server: {e}"),
+            detail: format!("starting the server: {}", io_reason(&e)),
         })?;
     // Read what the server says as it says it, so that it never waits on a
     // full pipe; it is shown if the server exits before mounting.
@@ -387,7 +587,7 @@ fn daemonize(mp: &Path) -> Result<()> {
                 });
             }
             Ok(None) => {}
-            Err(e) => return fail(format!("waiting for the server: {e}")),
+            Err(e) => return fail(format!("waiting for the server: {}", io_reason(&e))),
         }
         if start.elapsed() > DAEMON_START_TIMEOUT {
             return fail(format!(
