@@ -509,7 +509,11 @@ fn render_blocks(blocks: &[Block]) -> String {
             Para(t) => out.push_str(&format!(".PP\n{}", roff(t))),
             Text(t) => out.push_str(&format!(".PP\n{}", roff(t))),
             Verbatim(t) => out.push_str(&format!(".PP\n.RS 4\n.nf\n{}.fi\n.RE\n", roff(t))),
-            Item(term, t) => out.push_str(&format!(".TP\n\\fB{}\\fR\n{}", roff(term).trim_end(), roff(t))),
+            Item(term, t) => out.push_str(&format!(
+                ".TP\n\\fB{}\\fR\n{}",
+                roff(term).trim_end(),
+                roff(t)
+            )),
         }
     }
     out
@@ -518,7 +522,10 @@ fn render_blocks(blocks: &[Block]) -> String {
 /// The SYNOPSIS of `cmd`, run as `run`, every option with its value's name.
 fn synopsis(run: &str, cmd: &clap::Command) -> String {
     let mut line = format!("\\fB{}\\fR", roff(run).trim_end());
-    for a in cmd.get_arguments().filter(|a| !a.is_hide_set() && !a.is_positional()) {
+    for a in cmd
+        .get_arguments()
+        .filter(|a| !a.is_hide_set() && !a.is_positional())
+    {
         if matches!(a.get_long(), Some("help" | "version")) {
             continue;
         }
@@ -531,14 +538,26 @@ fn synopsis(run: &str, cmd: &clap::Command) -> String {
             ArgAction::Set | ArgAction::Append => {
                 let names = a
                     .get_value_names()
-                    .map(|v| v.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" "))
+                    .map(|v| {
+                        v.iter()
+                            .map(|s| s.to_string())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
                     .unwrap_or_else(|| a.get_id().as_str().to_uppercase());
                 format!(" \\fI{}\\fR", roff(&names).trim_end())
             }
             _ => String::new(),
         };
-        let more = if matches!(a.get_action(), ArgAction::Count) { "..." } else { "" };
-        line.push_str(&format!(" [\\fB{}\\fR{value}]{more}", roff(&flag).trim_end()));
+        let more = if matches!(a.get_action(), ArgAction::Count) {
+            "..."
+        } else {
+            ""
+        };
+        line.push_str(&format!(
+            " [\\fB{}\\fR{value}]{more}",
+            roff(&flag).trim_end()
+        ));
     }
     if cmd.has_subcommands() {
         line.push_str(" \\fICOMMAND\\fR [\\fIARGS\\fR]");
@@ -598,7 +617,10 @@ fn page(cmd: clap::Command, name: &'static str, run: &str) -> Vec<u8> {
 pub fn man_pages() -> Vec<(String, Vec<u8>)> {
     let mut cmd = Cli::command();
     cmd.build();
-    let mut pages = vec![("qcow2fs.1".to_string(), page(cmd.clone(), "qcow2fs", "qcow2fs"))];
+    let mut pages = vec![(
+        "qcow2fs.1".to_string(),
+        page(cmd.clone(), "qcow2fs", "qcow2fs"),
+    )];
     for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
         // clap names commands with &'static str; a page is made once per run.
         let name: &'static str = format!("qcow2fs-{}", sub.get_name()).leak();

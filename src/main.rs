@@ -62,8 +62,7 @@ fn main() -> ExitCode {
 /// `--daemon`, standard error otherwise (with syslog priorities when that
 /// is the journal).
 fn init_log(cli: &Cli) -> Result<(), String> {
-    let mut b =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
     match (cli.quiet, cli.verbose) {
         (true, _) => b.filter_level(LevelFilter::Error),
         (false, 0) => &mut b,
@@ -89,7 +88,12 @@ fn init_log(cli: &Cli) -> Result<(), String> {
                 let pid = std::process::id();
                 b.write_style(env_logger::WriteStyle::Never)
                     .format(move |buf, r| {
-                        writeln!(buf, "<{}>qcow2fs[{pid}]: {}", 24 + severity(r.level()), r.args())
+                        writeln!(
+                            buf,
+                            "<{}>qcow2fs[{pid}]: {}",
+                            24 + severity(r.level()),
+                            r.args()
+                        )
                     })
                     .target(env_logger::Target::Pipe(Box::new(s)));
             }
