@@ -531,3 +531,83 @@ fn restore_sh_restores_a_named_snapshot_from_copied_chain_and_forward_folders() 
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&copy).unwrap().permissions());
     assert!(mode & 0o200 != 0);
 }
+
+#[test]
+fn under_systemd_the_log_lines_carry_journal_priorities() {
+    use std::os::unix::fs::MetadataExt;
+    let (d, src) = scratch_images();
+    let bad = unreadable_image(&src, "bad.qcow2");
+    let mnt = at(d.path(), "mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let stream = at(d.path(), "journal");
+    let file = std::fs::File::create(&stream).unwrap();
+    let meta = file.metadata().unwrap();
+    let mut child = Command::new(bin())
+        .args(["mount", s(&src), s(&mnt)])
+        .env_remove("RUST_LOG")
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    wait_until("the mount", || is_mounted(&mnt));
+    let _ = std::fs::read(mnt.join("bad.qcow2/info"));
+    run("umount", &[s(&mnt)]);
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&stream).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<4>") && l.contains(s(&bad)) && l.contains("L1 table")),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_readme_first_screen_mounts_backs_up_verifies_and_restores() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme.split("```\n").nth(1).unwrap();
+    let commands: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(commands.len() <= 10, "{} lines of commands", commands.len());
+    let opening: String = readme.lines().take(25).collect::<Vec<_>>().join("\n");
+    assert!(
+        opening.contains(block.trim_end()),
+        "the commands are not on the first screen"
+    );
+    for word in ["qcow2fs mount", "cp -r", "sha256sum -c", "restore.sh"] {
+        assert!(block.contains(word), "{word}");
+    }
+
+    // Run them, with the folders of this test for the host's.
+    let d = scratch();
+    let images = d.path().join("images");
+    let make = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/make-demo.sh");
+    run("sh", &[s(&make), s(&images)]);
+    std::fs::rename(images.join("vm1.qcow2"), images.join("vm.qcow2")).unwrap();
+    let script = block
+        .replace("/var/lib/libvirt/images", s(&images))
+        .replace("/mnt/vmsnap", s(&d.path().join("mnt")))
+        .replace("/backup/vm", s(&d.path().join("backup")))
+        .replace("qcow2fs mount", &format!("{} mount", s(&bin())))
+        .replace(
+            "sh examples/",
+            &format!("sh {}/examples/", env!("CARGO_MANIFEST_DIR")),
+        );
+    let out = Command::new("sh")
+        .args(["-e", "-c", &script])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("monday") && said.contains(": OK"), "{said}");
+    assert!(!is_mounted(&d.path().join("mnt")));
+    let restored = images.join("vm-monday.qcow2");
+    let raw = d.path().join("restored.raw");
+    qemu_img(&["convert", "-O", "raw", s(&restored), s(&raw)]);
+    assert!(
+        std::fs::read(&raw).unwrap() == oracle_raw(d.path(), &images.join("vm.qcow2"), Some("1"))
+    );
+}
