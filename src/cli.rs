@@ -127,7 +127,8 @@ use Block::{Item, Para, Text, Verbatim};
 type Section = (&'static str, Vec<Block>);
 
 const RESTORE_EXAMPLE: &str = "\
-# which layer stands for which snapshot (no JSON to read):
+# examples/restore.sh of the source: which layer stands for which snapshot
+# (no JSON to read):
 sh examples/restore.sh /backup/vm
 # restore snapshot monday as a new, writable qcow2 disk:
 sh examples/restore.sh /backup/vm monday /var/lib/libvirt/images/vm-monday.qcow2

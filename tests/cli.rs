@@ -424,6 +424,63 @@ fn fsync_succeeds_quietly_and_the_mount_exits_as_soon_as_it_is_unmounted() {
     assert!(said.is_empty(), "{said}");
 }
 
+/// The pid of the server that `--daemon` started for `mp`.
+fn server_of(mp: &Path) -> u32 {
+    for e in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        let has = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+        if has(&cmdline, mp.as_os_str().as_encoded_bytes()) && has(&environ, b"QCOW2FS_DETACHED=") {
+            return pid;
+        }
+    }
+    panic!("no server for {}", mp.display());
+}
+
+/// True once `pid` has exited: gone, or a zombie waiting for its new
+/// parent (the init process of the host) to collect its status.
+fn has_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+#[test]
+fn the_server_of_daemon_exits_as_soon_as_it_is_unmounted_or_signalled() {
+    let (d, src) = scratch_images();
+    small_image(&src, "vm.qcow2");
+    let mnt = at(d.path(), "mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    for how in ["umount", "SIGTERM"] {
+        let (code, _, err) = qcow2fs(&["mount", "--daemon", s(&src), s(&mnt)]);
+        assert_eq!(code, 0, "{err}");
+        let pid = server_of(&mnt);
+        std::fs::read(mnt.join("vm.qcow2/active.raw")).unwrap();
+        let t = Instant::now();
+        if how == "umount" {
+            run("umount", &[s(&mnt)]);
+        } else {
+            run("kill", &["-TERM", &pid.to_string()]);
+        }
+        while !has_exited(pid) {
+            assert!(t.elapsed() < Duration::from_secs(5), "{how}: still running");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "{how}: exited {took:?} after"
+        );
+        wait_until("the unmount", || !is_mounted(&mnt));
+    }
+}
+
 /// The layer of a backup that stands for a snapshot, restored by
 /// examples/restore.sh, equals `qemu-img convert -l` of the image.
 fn restored_equals_qemu(dir: &Path, backup: &Path, img: &Path, name: &str, id: &str) {
