@@ -12,6 +12,9 @@ use crate::error::{Error, Result, io_reason};
 use crate::fuse::{Fs, MAX_READ, REQUEST_SIZE};
 use crate::tree::{Tree, TreeOptions};
 
+mod checks;
+use checks::{check_contents, check_places, warn_damaged_magic};
+
 /// Arguments of `qcow2fs mount`.
 #[derive(Args, Debug)]
 pub struct MountArgs {
@@ -223,155 +226,6 @@ fn folder(path: &Path, what: &str) -> Result<std::path::PathBuf> {
     }
 }
 
-/// The start of every refusal to mount: both paths.
-fn refusing(image_dir: &Path, mp: &Path) -> String {
-    format!(
-        "refusing to mount IMAGE_DIR {} at MOUNTPOINT {}",
-        image_dir.display(),
-        mp.display()
-    )
-}
-
-/// Refuse a MOUNTPOINT that is IMAGE_DIR or lies inside it (the mount
-/// would list itself, and every request on it would wait on the mount
-/// forever), and an IMAGE_DIR inside MOUNTPOINT (the mount would hide the
-/// images). Both paths are absolute and resolved.
-fn check_places(image_dir: &Path, mp: &Path) -> Result<()> {
-    let why = if mp == image_dir {
-        "MOUNTPOINT is IMAGE_DIR itself: give an empty folder outside IMAGE_DIR as MOUNTPOINT"
-    } else if mp.starts_with(image_dir) {
-        "MOUNTPOINT lies inside IMAGE_DIR, so the mount would show itself: \
-         give an empty folder outside IMAGE_DIR as MOUNTPOINT"
-    } else if image_dir.starts_with(mp) {
-        "IMAGE_DIR lies inside MOUNTPOINT, so the mount would hide it: \
-         give an empty folder outside IMAGE_DIR as MOUNTPOINT"
-    } else {
-        return Ok(());
-    };
-    fail(format!("{}: {why}", refusing(image_dir, mp)))
-}
-
-/// Refuse a MOUNTPOINT that holds disk images in any case (were the
-/// arguments swapped, the VMs would lose their disks), and one that holds
-/// other files unless `nonempty`.
-fn check_contents(image_dir: &Path, mp: &Path, nonempty: bool) -> Result<()> {
-    let mut budget = SCAN_ENTRIES;
-    if let Some(img) = find_image(mp, 2, &mut budget) {
-        return fail(format!(
-            "{}: MOUNTPOINT holds disk images ({}), which the mount would hide from \
-             the VMs that use them; were the two paths swapped? \
-             (usage: qcow2fs mount IMAGE_DIR MOUNTPOINT)",
-            refusing(image_dir, mp),
-            img.display()
-        ));
-    }
-    let first = std::fs::read_dir(mp)
-        .map_err(|e| Error::Mount {
-            detail: format!("{}: {}", mp.display(), io_reason(&e)),
-        })?
-        .filter_map(|e| e.ok())
-        .next();
-    match first {
-        Some(e) if !nonempty => fail(format!(
-            "{}: MOUNTPOINT is not empty (it holds {}), and the mount would hide \
-             its files: give an empty folder, or add -o nonempty",
-            refusing(image_dir, mp),
-            e.file_name().to_string_lossy()
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// How many folder entries a scan of MOUNTPOINT or IMAGE_DIR looks at, at
-/// most: the checks must not take long on a large folder.
-const SCAN_ENTRIES: usize = 10_000;
-
-/// Endings of the names of disk image files.
-const IMAGE_ENDINGS: &[&str] = &[
-    "qcow2", "qcow", "img", "raw", "iso", "vmdk", "vdi", "vhd", "vhdx", "qed",
-];
-
-/// True when `p`'s name ends as a disk image's does.
-fn image_name(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_ENDINGS.iter().any(|i| e.eq_ignore_ascii_case(i)))
-}
-
-/// The first disk image (by its name, or a qcow2 file by its magic) in
-/// `dir` or its folders down to `depth` levels, looking at no more than
-/// `budget` entries. Symbolic links are judged by their name, not followed.
-fn find_image(dir: &Path, depth: usize, budget: &mut usize) -> Option<PathBuf> {
-    let mut folders = Vec::new();
-    for e in std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()) {
-        if *budget == 0 {
-            return None;
-        }
-        *budget -= 1;
-        let p = e.path();
-        match e.file_type() {
-            Ok(t) if t.is_dir() => folders.push(p),
-            Ok(t) if t.is_file() && (image_name(&p) || crate::image::is_qcow2(&p)) => {
-                return Some(p);
-            }
-            Ok(t) if t.is_symlink() && image_name(&p) => return Some(p),
-            _ => {}
-        }
-    }
-    if depth == 0 {
-        return None;
-    }
-    folders
-        .iter()
-        .find_map(|f| find_image(f, depth - 1, budget))
-}
-
-/// Log every file under `dir` named `.qcow2` that does not start with the
-/// qcow2 magic: the mount shows it as a plain file, and a backup of it
-/// would copy whatever it holds.
-fn warn_damaged_magic(dir: &Path, depth: usize, budget: &mut usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.filter_map(|e| e.ok()) {
-        if *budget == 0 {
-            return;
-        }
-        *budget -= 1;
-        let p = e.path();
-        match e.file_type() {
-            Ok(t) if t.is_dir() && depth > 0 => warn_damaged_magic(&p, depth - 1, budget),
-            Ok(t) if t.is_file() && has_qcow2_name(&p) => {
-                if let Some(magic) = first_bytes(&p)
-                    && magic != crate::qcow2::header::QCOW2_MAGIC.to_be_bytes()
-                {
-                    log::warn!(
-                        "{}: named .qcow2 but lacks the qcow2 magic (it starts with {}): \
-                         shown as a plain file",
-                        p.display(),
-                        magic.iter().map(|b| format!("{b:02x}")).collect::<String>()
-                    );
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-fn has_qcow2_name(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("qcow2"))
-}
-
-/// The first four bytes of a file, when it can be read and has them.
-fn first_bytes(p: &Path) -> Option<[u8; 4]> {
-    use std::io::Read;
-    let mut b = [0u8; 4];
-    std::fs::File::open(p).ok()?.read_exact(&mut b).ok()?;
-    Some(b)
-}
-
 /// Mount and serve until unmounted or signalled.
 pub fn mount(args: &MountArgs) -> Result<()> {
     let cfg = config(args)?;
@@ -395,7 +249,7 @@ pub fn mount(args: &MountArgs) -> Result<()> {
     } else if args.daemon {
         return daemonize(&mp);
     }
-    warn_damaged_magic(&image_dir, 8, &mut (10 * SCAN_ENTRIES));
+    warn_damaged_magic(&image_dir);
     let tree = Tree::new(
         &image_dir,
         &TreeOptions {
