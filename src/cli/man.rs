@@ -57,7 +57,8 @@ const LOGGING: &str = "Logging: warnings and errors by default, more with -v, -v
     given). Without --daemon the log goes to standard error (under systemd, to the \
     journal, with syslog priorities). With --daemon it goes to syslog (/dev/log, which \
     journald also reads), as the daemon facility with the tag qcow2fs. --log-file PATH \
-    appends it to PATH instead, in either case. An image that cannot be read is \
+    appends it to PATH instead, in either case (the file is opened once: rotate it \
+    with copytruncate). An image that cannot be read is \
     logged once, with its path and the reason; a file named .qcow2 that lacks the \
     qcow2 magic is logged when the mount starts.";
 
