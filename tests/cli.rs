@@ -171,6 +171,26 @@ fn under_daemon_the_log_file_gets_the_path_and_reason_of_an_unreadable_image() {
     let _ = std::fs::read(mnt.join("bad.qcow2/info"));
     run("umount", &[s(&mnt)]);
     assert_eq!(std::fs::read_to_string(&quiet).unwrap(), "");
+
+    // -v: what is done, too.
+    let verbose = at(d.path(), "verbose.log");
+    let (code, _, err) = qcow2fs(&[
+        "mount",
+        "-v",
+        "--daemon",
+        "--log-file",
+        s(&verbose),
+        s(&src),
+        s(&mnt),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let pid = server_of(&mnt);
+    run("kill", &["-TERM", &pid.to_string()]);
+    wait_until("the unmount", || !is_mounted(&mnt));
+    wait_until("the log", || {
+        std::fs::read_to_string(&verbose)
+            .is_ok_and(|t| t.contains("INFO") && t.contains("unmounting"))
+    });
 }
 
 /// Receive on a socket bound at /dev/log while `f` runs; None when
@@ -527,6 +547,12 @@ fn restore_sh_restores_a_named_snapshot_from_copied_chain_and_forward_folders() 
             &std::fs::metadata(&copy).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o555, "{folder}");
+        let layer_mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(copy.join("chain.json"))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(layer_mode & 0o777, 0o444, "{folder}");
         // From a name to its layer, without reading JSON.
         let list = run("sh", &[s(&script), s(&copy)]);
         let layer = if folder == "chain" {
