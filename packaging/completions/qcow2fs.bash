@@ -85,7 +85,7 @@ _qcow2fs() {
             return 0
             ;;
         qcow2fs__subcmd__export)
-            opts="-v -q -h --reverse --forward --force --verbose --quiet --help"
+            opts="-v -q -h --reverse --forward --force --force-share --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -24,7 +24,9 @@ MOUNTPOINT/                        mirrors IMAGE_DIR: folders stay folders
     chain/SHA256SUMS                 sha256sum -c sums of every other file
     forward/NAME.qcow2 ...           forward chain: the oldest snapshot
     forward/active.qcow2             complete, each later layer what changed
-    forward/chain.json, SHA256SUMS";
+    forward/chain.json, SHA256SUMS
+    incremental/INDEX                snapshots named by identity, for nightly
+    incremental/IDENT.qcow2 ...        replication: INDEX, layers, FILE.sha256";
 
 /// One block of a hand-written section of a man page.
 enum Block {
