@@ -169,7 +169,11 @@ fn under_daemon_the_log_file_gets_the_path_and_reason_of_an_unreadable_image() {
     ]);
     assert_eq!(code, 0, "{err}");
     let _ = std::fs::read(mnt.join("bad.qcow2/info"));
+    let pid = server_of(&mnt);
     run("umount", &[s(&mnt)]);
+    // Gone before the next mount at the same place, whose server is found
+    // by that place.
+    wait_until("the exit", || has_exited(pid));
     assert_eq!(std::fs::read_to_string(&quiet).unwrap(), "");
 
     // -v: what is done, too.
