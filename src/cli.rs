@@ -1,11 +1,17 @@
 //! The command-line interface, defined once: the binary parses it, and the
-//! man page and shell completions in packaging/ are generated from it.
+//! man pages (with the hand-written sections of `cli/man.rs`) and shell
+//! completions in packaging/ are generated from it.
 
 use std::path::PathBuf;
 
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::mount::MountArgs;
+
+mod man;
+pub mod outdir;
+
+pub use man::man_pages;
 
 /// Read-only views of qcow2 images: raw disks for every internal snapshot,
 /// and snapshots as chains of external qcow2 layers.
@@ -22,6 +28,14 @@ use crate::mount::MountArgs;
                   Nothing is ever written to the source images."
 )]
 pub struct Cli {
+    /// Log more: -v adds what is done (info), -vv debugging detail, -vvv
+    /// everything (the default is warnings and errors; RUST_LOG applies
+    /// when neither -v nor -q is given).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Log errors only.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -47,8 +61,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Check an image's consistency; exit 0 clean, 1 check not possible,
-    /// 2 corruptions, 3 leaks only (as qemu-img check).
+    /// Check an image's consistency; exit 0 clean, 1 check not possible
+    /// (or a usage error), 2 corruptions, 3 leaks only (as qemu-img check).
     Check {
         /// The qcow2 image.
         image: PathBuf,
@@ -68,7 +82,9 @@ pub enum Command {
         /// Forward chain, as in forward/.
         #[arg(long)]
         forward: bool,
-        /// Overwrite existing files.
+        /// Write into an OUTDIR that is not empty: the files of the chain
+        /// it holds are replaced, and those the new chain does not have are
+        /// removed (other files are left alone).
         #[arg(long)]
         force: bool,
         /// Write the live state too when another program (a running VM)
@@ -78,28 +94,10 @@ pub enum Command {
         force_share: bool,
         /// The qcow2 image.
         image: PathBuf,
-        /// Folder to write into (created if missing).
+        /// Folder to write into (created if missing; refused when it is
+        /// not empty, unless --force).
         outdir: PathBuf,
     },
-}
-
-/// The man pages, in roff, generated from the definitions above:
-/// `qcow2fs.1` and one `qcow2fs-<subcommand>.1` each, as (file name, bytes).
-pub fn man_pages() -> Vec<(String, Vec<u8>)> {
-    let cmd = Cli::command();
-    let mut pages = Vec::new();
-    let mut main = Vec::new();
-    let _ = clap_mangen::Man::new(cmd.clone()).render(&mut main);
-    pages.push(("qcow2fs.1".to_string(), main));
-    for sub in cmd.get_subcommands() {
-        let name = format!("qcow2fs-{}", sub.get_name());
-        let mut page = Vec::new();
-        // clap names commands with &'static str; a page is made once per run.
-        let leaked: &'static str = name.clone().leak();
-        let _ = clap_mangen::Man::new(sub.clone().name(leaked).bin_name(leaked)).render(&mut page);
-        pages.push((format!("{name}.1"), page));
-    }
-    pages
 }
 
 /// Completions for `shell` ("bash", "zsh" or "fish").

@@ -201,7 +201,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io { what, path, source } => {
-                write!(f, "{}: {what}: {source}", path.display())
+                write!(f, "{}: {what}: {}", path.display(), io_reason(source))
             }
             Error::NotQcow2 { path } => write!(f, "{}: not a qcow2 image", path.display()),
             Error::Corrupt { what, detail } => write!(f, "{what}: {detail}"),
@@ -245,7 +245,7 @@ impl fmt::Display for Error {
                 write!(f, "{}: cannot be opened: {cause}", path.display())
             }
             Error::Mount { what, source } => match source {
-                Some(e) => write!(f, "{what}: {e}"),
+                Some(e) => write!(f, "{what}: {}", io_reason(e)),
                 None => write!(f, "{what}"),
             },
             Error::Again(e) => write!(f, "{e}"),
@@ -260,6 +260,18 @@ impl fmt::Display for Error {
                 path.display()
             ),
         }
+    }
+}
+
+/// What an I/O error says, without the " (os error N)" that the standard
+/// library appends to the system's description.
+pub fn io_reason(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
+        None if e.get_ref().is_none() && e.kind() == io::ErrorKind::AlreadyExists => {
+            "File exists".to_string()
+        }
+        None => e.to_string(),
     }
 }
 

@@ -12,23 +12,37 @@ use crate::error::{Error, Result};
 use crate::fuse::{Fs, MAX_READ, REQUEST_SIZE};
 use crate::tree::{Tree, TreeOptions};
 
+mod checks;
+use checks::{check_contents, check_places, warn_damaged_magic};
+
 /// Arguments of `qcow2fs mount`.
 #[derive(Args, Debug)]
 pub struct MountArgs {
     /// Folder of images to show.
     pub image_dir: PathBuf,
-    /// Where to mount it.
+    /// Where to mount it: an empty folder outside IMAGE_DIR.
     pub mountpoint: PathBuf,
     /// Mount options, comma-separated: allow_other, allow_root,
-    /// default_permissions, fsname=NAME, subtype=NAME (ro is implied).
-    #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
+    /// default_permissions, nonempty, fsname=NAME, subtype=NAME (ro is
+    /// implied; an empty list is allowed).
+    #[arg(
+        short = 'o',
+        long = "options",
+        value_name = "OPTIONS",
+        value_delimiter = ','
+    )]
     pub options: Vec<String>,
-    /// Detach once the mount is ready.
+    /// Detach once the mount is ready; the log then goes to syslog, or to
+    /// --log-file.
     #[arg(long)]
     pub daemon: bool,
+    /// Append the log to PATH (instead of standard error, or of syslog
+    /// with --daemon).
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
     /// Cache budget for L2 tables, refcount blocks and decompressed clusters
-    /// (bytes, or with a K, M or G suffix).
-    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    /// (bytes, or with a K, M or G suffix; more than 0).
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_cache_size)]
     pub cache_size: u64,
     /// Follow backing files that lie outside IMAGE_DIR.
     #[arg(long)]
@@ -38,9 +52,19 @@ pub struct MountArgs {
     /// otherwise; snapshot views are always served).
     #[arg(long)]
     pub force_share: bool,
-    /// Threads serving requests.
-    #[arg(long, default_value_t = 4)]
+    /// Threads serving requests (1 to 1024).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = parse_threads)]
     pub threads: usize,
+}
+
+impl MountArgs {
+    /// The mount options, trimmed, without empty ones.
+    fn option_list(&self) -> impl Iterator<Item = &str> {
+        self.options
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+    }
 }
 
 /// Parse "64M", "1G", "4096".
@@ -56,6 +80,29 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("'{s}' is not a size such as 64M"))
+}
+
+/// A size as [`parse_size`] reads it, refused when it is 0: a cache of
+/// nothing would read every table again at every request.
+fn parse_cache_size(s: &str) -> std::result::Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("the cache size must be more than 0 (the default is 64M)".into()),
+        n => Ok(n),
+    }
+}
+
+/// Most threads that may serve one mount.
+const MAX_THREADS: usize = 1024;
+
+/// A number of serving threads, 1 to [`MAX_THREADS`].
+fn parse_threads(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        Ok(_) => Err(format!(
+            "'{s}' threads: give 1 to {MAX_THREADS} (the default is 4)"
+        )),
+        Err(_) => Err(format!("'{s}' is not a number of threads")),
+    }
 }
 
 /// A mount error that no other error caused.
@@ -134,12 +181,7 @@ fn config(args: &MountArgs) -> Result<Config> {
     let mut fsname = None;
     let mut subtype = "qcow2fs".to_string();
     let mut default_permissions = false;
-    for o in args
-        .options
-        .iter()
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-    {
+    for o in args.option_list() {
         match o.split_once('=') {
             Some(("fsname", v)) => fsname = Some(v.to_string()),
             Some(("subtype", v)) => subtype = v.to_string(),
@@ -150,6 +192,8 @@ fn config(args: &MountArgs) -> Result<Config> {
             }
             None if o == "allow_root" => c.acl = SessionACL::RootAndOwner,
             None if o == "default_permissions" => default_permissions = true,
+            // Checked before mounting (see `check_contents`).
+            None if o == "nonempty" => {}
             None if o == "rw" => {
                 return fail("qcow2fs mounts are read-only; option 'rw' is refused".into());
             }
@@ -167,7 +211,7 @@ fn config(args: &MountArgs) -> Result<Config> {
         fsname.unwrap_or_else(|| args.image_dir.display().to_string()),
     ));
     c.mount_options.push(MountOption::Subtype(subtype));
-    c.n_threads = Some(args.threads.max(1));
+    c.n_threads = Some(args.threads);
     c.clone_fd = true;
     Ok(c)
 }
@@ -187,13 +231,16 @@ fn folder(path: &Path, what: &str) -> Result<std::path::PathBuf> {
 pub fn mount(args: &MountArgs) -> Result<()> {
     let cfg = config(args)?;
     let image_dir = folder(&args.image_dir, "IMAGE_DIR")?;
-    let mp = folder(&args.mountpoint, "mountpoint")?;
+    let mp = folder(&args.mountpoint, "MOUNTPOINT")?;
+    check_places(&image_dir, &mp)?;
     if mount_device(&mp).is_some() {
         return fail(format!(
-            "{}: mountpoint is busy (something is mounted there)",
+            "{}: MOUNTPOINT is busy (something is mounted there; findmnt {} tells what)",
+            mp.display(),
             mp.display()
         ));
     }
+    check_contents(&image_dir, &mp, args.option_list().any(|o| o == "nonempty"))?;
     let detached = std::env::var_os(DETACHED_ENV).is_some();
     if detached {
         // The serving copy that `--daemon` started: a session of its own,
@@ -203,6 +250,7 @@ pub fn mount(args: &MountArgs) -> Result<()> {
     } else if args.daemon {
         return daemonize(&mp);
     }
+    warn_damaged_magic(&image_dir);
     let tree = Tree::new(
         &image_dir,
         &TreeOptions {
@@ -335,6 +383,12 @@ fn raise_readahead(mp: &Path) {
 /// Set in the environment of the copy of `qcow2fs mount` that `--daemon`
 /// starts to serve the mount.
 const DETACHED_ENV: &str = "QCOW2FS_DETACHED";
+
+/// True in the copy of `qcow2fs mount` that `--daemon` started to serve
+/// the mount.
+pub fn is_detached() -> bool {
+    std::env::var_os(DETACHED_ENV).is_some()
+}
 
 /// How long `--daemon` waits for the serving copy to mount.
 const DAEMON_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

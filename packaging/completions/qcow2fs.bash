@@ -53,7 +53,7 @@ _qcow2fs() {
 
     case "${cmd}" in
         qcow2fs)
-            opts="-h -V --help --version info check mount export help"
+            opts="-v -q -h -V --verbose --quiet --help --version info check mount export help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -67,7 +67,7 @@ _qcow2fs() {
             return 0
             ;;
         qcow2fs__subcmd__check)
-            opts="-h --output --help"
+            opts="-v -q -h --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -85,7 +85,7 @@ _qcow2fs() {
             return 0
             ;;
         qcow2fs__subcmd__export)
-            opts="-h --reverse --forward --force --help"
+            opts="-v -q -h --reverse --forward --force --force-share --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -183,7 +183,7 @@ _qcow2fs() {
             return 0
             ;;
         qcow2fs__subcmd__info)
-            opts="-h --output --help"
+            opts="-v -q -h --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -201,13 +201,21 @@ _qcow2fs() {
             return 0
             ;;
         qcow2fs__subcmd__mount)
-            opts="-o -h --daemon --cache-size --allow-outside-backing --force-share --threads --help"
+            opts="-o -v -q -h --options --daemon --log-file --cache-size --allow-outside-backing --force-share --threads --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --options)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
