@@ -2,6 +2,8 @@
 //! and qemu-io at test time, and qemu-img's reading of them is the oracle.
 #![allow(dead_code)]
 
+pub mod vm;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
