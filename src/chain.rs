@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::image::{Image, StateId, is_qcow2, resolve_name};
 use crate::layer::plan::PlanStats;
 use crate::layer::{BackingRef, ClusterMap, Layer};
-use crate::names::snapshot_stems;
+use crate::names::{snapshot_ident, snapshot_stems};
 use crate::parallel::map_side_by_side;
 use crate::qcow2::header::Header;
 use crate::source::SourceFile;
@@ -40,6 +40,46 @@ pub enum Direction {
     Reverse,
     /// `forward/`: oldest complete, newer layers hold differences.
     Forward,
+    /// `incremental/`: the snapshots' layers named by snapshot identity,
+    /// for a replica built night after night (see [`INDEX_NAME`]).
+    Incremental,
+}
+
+impl Direction {
+    /// The folder an image shows the chain in.
+    pub fn folder_name(self) -> &'static str {
+        match self {
+            Direction::Reverse => "chain",
+            Direction::Forward => "forward",
+            Direction::Incremental => "incremental",
+        }
+    }
+
+    /// The file that describes the folder: `chain.json`, or for
+    /// `incremental/` its `INDEX`.
+    pub fn manifest_name(self) -> &'static str {
+        match self {
+            Direction::Reverse | Direction::Forward => "chain.json",
+            Direction::Incremental => INDEX_NAME,
+        }
+    }
+}
+
+/// The index of `incremental/`: one line per snapshot, oldest first,
+/// `IDENT PRED FILE NAME` (see [`index`]).
+pub const INDEX_NAME: &str = "INDEX";
+
+/// What a per-file checksum of `incremental/` is called: `FILE.sha256`.
+pub const FILE_SUM_SUFFIX: &str = ".sha256";
+
+/// Whether another process holds the image open for writing (a running
+/// VM): its chains then hold the snapshots only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Use {
+    /// Nobody writes it, or the live state is wanted anyway (`--force-share`).
+    Rest,
+    /// Another process writes it: the active state is not served.
+    Written,
 }
 
 /// One layer of a chain.
@@ -55,13 +95,64 @@ pub struct LayerSpec {
     pub backing: Option<BackingRef>,
 }
 
-/// A file of the image's own backing chain, passed through under `file_name`.
+/// A file of the image's own backing chain, as found below it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BackingFile {
+    /// The file.
+    pub path: PathBuf,
+    /// "qcow2" or "raw".
+    pub format: String,
+    /// For a qcow2 file with a backing file of its own: where its header
+    /// keeps that name.
+    pub names_backing: Option<BackingName>,
+}
+
+/// Where a qcow2 header keeps its backing file's name, and what it says.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BackingName {
+    /// The name as written.
+    pub name: String,
+    /// Its offset in the file.
+    pub offset: u64,
+    /// Bytes from the end of the name to the end of the header cluster that
+    /// hold only zeros: room for a longer name.
+    pub room: u64,
+}
+
+/// A file of the image's own backing chain, passed through into a chain
+/// folder under `file_name`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Passthrough {
-    /// Name inside the chain's folder.
+    /// Name inside the chain's folder, unique there.
     pub file_name: String,
     /// The source file.
     pub path: PathBuf,
+    /// For a qcow2 file whose own backing name would not resolve inside a
+    /// copy of the folder: the name it is served with instead (its header
+    /// rewritten, see [`BackingRewrite`]).
+    pub rewrite: Option<BackingRewrite>,
+}
+
+/// A passed-through qcow2 file served with another backing file name: the
+/// name of the next file of the chain in the same folder.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BackingRewrite {
+    /// Offset of the name in the file.
+    pub offset: u64,
+    /// Length of the name as written.
+    pub old_len: u64,
+    /// The name served.
+    pub name: String,
+}
+
+/// What a chain folder holds: its layers, bottom first, and the backing
+/// files passed through, top first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Folder {
+    /// The layers.
+    pub layers: Vec<LayerSpec>,
+    /// The backing files.
+    pub pass: Vec<Passthrough>,
 }
 
 fn base_name(p: &Path) -> String {
@@ -70,45 +161,56 @@ fn base_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// The image's own backing chain, top first, as files to pass through.
-pub fn passthrough(image: &Image) -> Vec<Passthrough> {
-    let mut out = Vec::new();
-    let mut next = image.backing().and_then(|b| b.path.clone());
-    while let Some(p) = next.take() {
-        if out.len() >= crate::image::MAX_BACKING_CHAIN
-            || out.iter().any(|x: &Passthrough| x.path == p)
-        {
+/// The image's own backing chain, top first, as far as it can be followed
+/// (each qcow2 file's header is read to find the next).
+pub fn backing_chain(image: &Image) -> Vec<BackingFile> {
+    let mut out: Vec<BackingFile> = Vec::new();
+    let mut next = image.backing().and_then(|b| {
+        let format = b.format.clone();
+        b.path.clone().map(|p| (p, format))
+    });
+    while let Some((p, format)) = next.take() {
+        if out.len() >= crate::image::MAX_BACKING_CHAIN || out.iter().any(|x| x.path == p) {
             break;
         }
-        if is_qcow2(&p)
+        let format = format.unwrap_or_else(|| if is_qcow2(&p) { "qcow2" } else { "raw" }.into());
+        let mut names_backing = None;
+        if format == "qcow2"
             && let Ok(f) = SourceFile::open(&p)
             && let Ok(h) = Header::read(&f)
-            && let Some(name) = h.backing_file
+            && let Some(name) = h.backing_file.clone()
         {
-            next = Some(resolve_name(p.parent().unwrap_or(Path::new(".")), &name));
+            let end = h.backing_file_offset + u64::from(h.backing_file_size);
+            names_backing = Some(BackingName {
+                room: zeros_after(&f, end, h.cluster_size()),
+                offset: h.backing_file_offset,
+                name: name.clone(),
+            });
+            next = Some((
+                resolve_name(p.parent().unwrap_or(Path::new(".")), &name),
+                h.backing_format.clone(),
+            ));
         }
-        out.push(Passthrough {
-            file_name: base_name(&p),
+        out.push(BackingFile {
             path: p,
+            format,
+            names_backing,
         });
     }
     out
 }
 
-/// The backing reference of a chain's bottom layer: the image's own backing
-/// file, by its base name, with its format.
-fn bottom_backing(image: &Image) -> Option<BackingRef> {
-    let b = image.backing()?;
-    let path = b.path.as_ref()?;
-    let format = match &b.format {
-        Some(f) => f.clone(),
-        None if is_qcow2(path) => "qcow2".into(),
-        None => "raw".into(),
+/// How many bytes from `from` to the end of the first cluster are zeros
+/// (0 when `from` lies past it or the bytes cannot be read).
+fn zeros_after(f: &SourceFile, from: u64, cluster_size: u64) -> u64 {
+    let Some(len) = cluster_size.checked_sub(from).filter(|&n| n > 0) else {
+        return 0;
     };
-    Some(BackingRef {
-        name: base_name(path),
-        format,
-    })
+    let mut buf = vec![0u8; len as usize];
+    if f.read_exact_at(&mut buf, from, "header cluster").is_err() {
+        return 0;
+    }
+    buf.iter().take_while(|&&b| b == 0).count() as u64
 }
 
 /// The stem of layer names: the image's file name without its extension.
@@ -119,78 +221,210 @@ pub fn stem(image: &Image) -> String {
         .unwrap_or_else(|| "image".into())
 }
 
-/// The layers of a chain, bottom (complete) layer first.
+/// The layers of a chain of an image at rest, bottom (complete) layer first.
 pub fn layers(image: &Image, dir: Direction) -> Vec<LayerSpec> {
+    folder(image, dir, Use::Rest, &backing_chain(image)).layers
+}
+
+/// The backing files a chain folder of an image at rest passes through.
+pub fn passthrough(image: &Image) -> Vec<Passthrough> {
+    folder(image, Direction::Reverse, Use::Rest, &backing_chain(image)).pass
+}
+
+/// What the chain folder `dir` of `image` holds, in `use_`, over the
+/// backing files `chain` (from [`backing_chain`]).
+///
+/// Names in a folder are unique by construction: layers are named first
+/// (snapshot names are unique among themselves, `active` is reserved), then
+/// each backing file keeps its base name unless that is taken (by a layer,
+/// the manifest, `SHA256SUMS`, a file's `.sha256`, or a backing file above
+/// it), in which case it is `backing<N>.<base name>`, N its depth below the
+/// image. Layers name the bottom backing file by its name here, and a
+/// passed-through qcow2 file whose own backing name differs from the name of
+/// the next file here is served with that name written in instead, so that
+/// a copy of the folder reads nothing outside itself.
+pub fn folder(image: &Image, dir: Direction, use_: Use, chain: &[BackingFile]) -> Folder {
+    let mut layers = unbacked_layers(image, dir, use_);
+    let mut used: std::collections::HashSet<String> = layers
+        .iter()
+        .map(|l| l.file_name.clone())
+        .chain([dir.manifest_name().to_string(), SUMS_NAME.to_string()])
+        .collect();
+    let sum_of = |n: &str| format!("{n}{FILE_SUM_SUFFIX}");
+    if dir == Direction::Incremental {
+        let sums: Vec<String> = used.iter().map(|n| sum_of(n)).collect();
+        used.extend(sums);
+    }
+    let mut names = Vec::new();
+    for (depth, b) in chain.iter().enumerate() {
+        let base = base_name(&b.path);
+        let mut name = base.clone();
+        if used.contains(&name) || used.contains(&sum_of(&name)) {
+            name = format!("backing{}.{base}", depth + 1);
+        }
+        while used.contains(&name) || used.contains(&sum_of(&name)) {
+            name.push('_');
+        }
+        used.insert(name.clone());
+        used.insert(sum_of(&name));
+        names.push(name);
+    }
+    let pass = chain
+        .iter()
+        .zip(&names)
+        .enumerate()
+        .map(|(k, (b, name))| Passthrough {
+            file_name: name.clone(),
+            path: b.path.clone(),
+            rewrite: match (&b.names_backing, names.get(k + 1)) {
+                (Some(own), Some(next)) if own.name != *next => Some(BackingRewrite {
+                    offset: own.offset,
+                    old_len: own.name.len() as u64,
+                    name: next.clone(),
+                })
+                .filter(|r| r.name.len() as u64 <= r.old_len + own.room),
+                _ => None,
+            },
+        })
+        .collect();
+    // The bottom layer names the image's own backing file as passed
+    // through; one that could not be followed keeps its base name.
+    let bottom = image.backing().and_then(|b| {
+        let format = match (&b.format, chain.first()) {
+            (Some(f), _) => f.clone(),
+            (None, Some(first)) => first.format.clone(),
+            (None, None) => "raw".into(),
+        };
+        let name = match names.first() {
+            Some(n) => n.clone(),
+            None => base_name(b.path.as_ref()?),
+        };
+        Some(BackingRef { name, format })
+    });
+    for l in &mut layers {
+        if l.y.is_none() {
+            l.backing = bottom.clone();
+        }
+    }
+    Folder { layers, pass }
+}
+
+/// The layers of a chain, bottom first, the bottom one's backing not set.
+fn unbacked_layers(image: &Image, dir: Direction, use_: Use) -> Vec<LayerSpec> {
     let n = image.snapshots().len();
-    let bottom = bottom_backing(image);
     let q = |name: String| {
         Some(BackingRef {
             name,
             format: "qcow2".into(),
         })
     };
+    let spec = |file_name: String, x: StateId, y: Option<StateId>, backing| LayerSpec {
+        file_name,
+        x,
+        y,
+        backing,
+    };
+    let mut out = Vec::new();
     match dir {
         Direction::Reverse => {
             let stem = stem(image);
             let name = |i: usize| format!("{stem}_snapshot[{i}].qcow2");
             let active = format!("{stem}_active.qcow2");
-            let mut out = vec![LayerSpec {
-                file_name: active.clone(),
-                x: StateId::Active,
-                y: None,
-                backing: bottom,
-            }];
+            // At rest the active layer is complete and the newest snapshot
+            // a delta over it; in use, the newest snapshot is complete.
+            let top = match use_ {
+                Use::Rest => {
+                    out.push(spec(active.clone(), StateId::Active, None, None));
+                    Some((StateId::Active, active))
+                }
+                Use::Written => None,
+            };
             for i in (0..n).rev() {
                 let (y, b) = if i + 1 == n {
-                    (StateId::Active, active.clone())
+                    match &top {
+                        Some((y, b)) => (Some(*y), q(b.clone())),
+                        None => (None, None),
+                    }
                 } else {
-                    (StateId::Snapshot(i + 1), name(i + 1))
+                    (Some(StateId::Snapshot(i + 1)), q(name(i + 1)))
                 };
-                out.push(LayerSpec {
-                    file_name: name(i),
-                    x: StateId::Snapshot(i),
-                    y: Some(y),
-                    backing: q(b),
-                });
+                out.push(spec(name(i), StateId::Snapshot(i), y, b));
             }
-            out
         }
         Direction::Forward => {
             let stems = snapshot_stems(image.snapshots());
-            let mut out = Vec::new();
+            let file = |i: usize| format!("{}.qcow2", stems[i]);
             for i in 0..n {
-                let file_name = format!("{}.qcow2", stems[i]);
-                let (y, backing) = if i == 0 {
-                    (None, bottom.clone())
-                } else {
-                    (
-                        Some(StateId::Snapshot(i - 1)),
-                        q(format!("{}.qcow2", stems[i - 1])),
-                    )
+                let (y, b) = match i.checked_sub(1) {
+                    None => (None, None),
+                    Some(p) => (Some(StateId::Snapshot(p)), q(file(p))),
                 };
-                out.push(LayerSpec {
-                    file_name,
-                    x: StateId::Snapshot(i),
-                    y,
-                    backing,
-                });
+                out.push(spec(file(i), StateId::Snapshot(i), y, b));
             }
-            let (y, backing) = match n {
-                0 => (None, bottom),
-                _ => (
-                    Some(StateId::Snapshot(n - 1)),
-                    q(format!("{}.qcow2", stems[n - 1])),
-                ),
-            };
-            out.push(LayerSpec {
-                file_name: "active.qcow2".into(),
-                x: StateId::Active,
-                y,
-                backing,
-            });
-            out
+            if use_ == Use::Rest {
+                let (y, b) = match n.checked_sub(1) {
+                    None => (None, None),
+                    Some(p) => (Some(StateId::Snapshot(p)), q(file(p))),
+                };
+                out.push(spec("active.qcow2".into(), StateId::Active, y, b));
+            }
+        }
+        Direction::Incremental => {
+            let ids: Vec<String> = image.snapshots().iter().map(snapshot_ident).collect();
+            for i in 0..n {
+                let (name, y, b) = match i.checked_sub(1) {
+                    None => (format!("{}.qcow2", ids[i]), None, None),
+                    Some(p) => (
+                        format!("{}.over.{}.qcow2", ids[i], ids[p]),
+                        Some(StateId::Snapshot(p)),
+                        q(format!("{}.qcow2", ids[p])),
+                    ),
+                };
+                out.push(spec(name, StateId::Snapshot(i), y, b));
+            }
         }
     }
+    out
+}
+
+/// The name a replica keeps a file of `incremental/` by: a layer by its
+/// snapshot's identity (`IDENT.qcow2`), anything else by its own name.
+pub fn replica_name(image: &Image, spec: Option<&LayerSpec>, file_name: &str) -> String {
+    match spec.map(|s| s.x) {
+        Some(StateId::Snapshot(i)) => match image.snapshots().get(i) {
+            Some(s) => format!("{}.qcow2", snapshot_ident(s)),
+            None => file_name.to_string(),
+        },
+        _ => file_name.to_string(),
+    }
+}
+
+/// The `INDEX` of `incremental/`: per snapshot, oldest first, its identity,
+/// its predecessor's (`-` for the oldest), the file that carries it, and
+/// its name (spaces and line breaks shown as `_`).
+pub fn index(image: &Image, specs: &[LayerSpec]) -> String {
+    let mut out = String::new();
+    let ids: Vec<String> = image.snapshots().iter().map(snapshot_ident).collect();
+    for s in specs {
+        let StateId::Snapshot(i) = s.x else { continue };
+        let pred = match s.y {
+            Some(StateId::Snapshot(p)) => ids.get(p).map_or("-", String::as_str),
+            _ => "-",
+        };
+        let name: String = image.snapshots()[i]
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_whitespace() || c.is_control() {
+                    '_'
+                } else {
+                    c
+                }
+            })
+            .collect();
+        out.push_str(&format!("{} {pred} {} {name}\n", ids[i], s.file_name));
+    }
+    out
 }
 
 /// Plan one layer (metadata only).
@@ -291,8 +525,14 @@ impl<'a> StateMaps<'a> {
 
 /// The figures of every layer of a chain, bottom first, the states' maps
 /// taken from `maps`.
-pub fn figures(image: &Arc<Image>, dir: Direction, maps: &StateMaps) -> Result<Vec<LayerFigures>> {
-    layers(image, dir)
+pub fn figures(
+    image: &Arc<Image>,
+    dir: Direction,
+    use_: Use,
+    maps: &StateMaps,
+) -> Result<Vec<LayerFigures>> {
+    folder(image, dir, use_, &backing_chain(image))
+        .layers
         .iter()
         .map(|s| {
             Ok(LayerFigures::of(
@@ -304,7 +544,7 @@ pub fn figures(image: &Arc<Image>, dir: Direction, maps: &StateMaps) -> Result<V
 }
 
 /// The manifest of a chain (`chain.json`).
-pub fn manifest(image: &Image, specs: &[LayerSpec], figures: &[LayerFigures]) -> serde_json::Value {
+pub fn manifest(image: &Image, folder: &Folder, figures: &[LayerFigures]) -> serde_json::Value {
     let state = |w: StateId| match w {
         StateId::Active => json!({"state": "active", "guest-size": image.header().size}),
         StateId::Snapshot(i) => {
@@ -313,7 +553,8 @@ pub fn manifest(image: &Image, specs: &[LayerSpec], figures: &[LayerFigures]) ->
                    "date-nsec": s.date_nsec, "guest-size": s.disk_size})
         }
     };
-    let layers: Vec<_> = specs
+    let layers: Vec<_> = folder
+        .layers
         .iter()
         .zip(figures)
         .map(|(s, f)| {
@@ -324,11 +565,87 @@ pub fn manifest(image: &Image, specs: &[LayerSpec], figures: &[LayerFigures]) ->
             l
         })
         .collect();
-    let pass: Vec<_> = passthrough(image)
-        .into_iter()
-        .map(|p| p.file_name)
-        .collect();
+    let pass: Vec<_> = folder.pass.iter().map(|p| p.file_name.clone()).collect();
     json!({"image": base_name(image.path()), "layers": layers, "backing-files": pass})
+}
+
+/// The bytes of a manifest file: `chain.json`, or `incremental/`'s `INDEX`.
+pub fn manifest_bytes(
+    image: &Image,
+    dir: Direction,
+    folder: &Folder,
+    figures: &[LayerFigures],
+) -> Vec<u8> {
+    match dir {
+        Direction::Incremental => index(image, &folder.layers).into_bytes(),
+        _ => format!("{:#}\n", manifest(image, folder, figures)).into_bytes(),
+    }
+}
+
+/// A passed-through file as served: byte for byte, or with its backing
+/// file name rewritten.
+pub fn pass_view(p: &Passthrough) -> Result<Box<dyn View>> {
+    let raw = crate::view::RawView::open(&p.path)?;
+    Ok(match &p.rewrite {
+        None => Box::new(raw),
+        Some(r) => Box::new(Rewritten::new(raw, r)),
+    })
+}
+
+/// A qcow2 file served with another backing file name: the header's
+/// `backing_file_size` and the name's bytes (zeros past a shorter name)
+/// are replaced; every other byte is the file's.
+struct Rewritten {
+    raw: crate::view::RawView,
+    /// (offset, bytes) replaced, in file order.
+    patches: Vec<(u64, Vec<u8>)>,
+}
+
+/// Where a qcow2 header keeps `backing_file_size` (the spec's header
+/// layout, bytes 16-19).
+const BACKING_FILE_SIZE_AT: u64 = 16;
+
+impl Rewritten {
+    fn new(raw: crate::view::RawView, r: &BackingRewrite) -> Rewritten {
+        let new_len = r.name.len() as u64;
+        let mut name = r.name.clone().into_bytes();
+        name.resize(new_len.max(r.old_len) as usize, 0);
+        Rewritten {
+            raw,
+            patches: vec![
+                (
+                    BACKING_FILE_SIZE_AT,
+                    (new_len as u32).to_be_bytes().to_vec(),
+                ),
+                (r.offset, name),
+            ],
+        }
+    }
+}
+
+impl View for Rewritten {
+    fn size(&self) -> u64 {
+        self.raw.size()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let n = self.raw.read_at(buf, offset)?;
+        let end = offset + n as u64;
+        for (at, bytes) in &self.patches {
+            let from = offset.max(*at);
+            let to = end.min(at + bytes.len() as u64);
+            if from < to {
+                buf[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&bytes[(from - at) as usize..(to - at) as usize]);
+            }
+        }
+        Ok(n)
+    }
+
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<crate::view::Extent>> {
+        // The header cluster is data in any qcow2 file; the rest is the file's.
+        self.raw.extents(offset, len)
+    }
 }
 
 /// Write a chain's files (layers, passed-through backing files,
@@ -338,12 +655,14 @@ pub fn manifest(image: &Image, specs: &[LayerSpec], figures: &[LayerFigures]) ->
 pub fn export(
     image: &Arc<Image>,
     dir: Direction,
+    use_: Use,
     out: &Path,
     force: bool,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<()> {
     use sha2::{Digest, Sha256};
-    let specs = layers(image, dir);
+    let folder = folder(image, dir, use_, &backing_chain(image));
+    let specs = &folder.layers;
     let built: Vec<Layer> = {
         let maps = StateMaps::new(image);
         specs
@@ -356,10 +675,9 @@ pub fn export(
         .zip(&built)
         .map(|(s, l)| LayerFigures::of(s, l))
         .collect();
-    let pass = passthrough(image);
     let mut names: Vec<String> = specs.iter().map(|s| s.file_name.clone()).collect();
-    names.extend(pass.iter().map(|p| p.file_name.clone()));
-    names.push("chain.json".into());
+    names.extend(folder.pass.iter().map(|p| p.file_name.clone()));
+    names.push(dir.manifest_name().into());
     names.push(SUMS_NAME.into());
     std::fs::create_dir_all(out).map_err(|e| Error::io("create folder", out, e))?;
     if !force {
@@ -369,11 +687,8 @@ pub fn export(
     for (s, l) in specs.iter().zip(built) {
         views.push((s.file_name.clone(), Box::new(l)));
     }
-    for p in &pass {
-        views.push((
-            p.file_name.clone(),
-            Box::new(crate::view::RawView::open(&p.path)?),
-        ));
+    for p in &folder.pass {
+        views.push((p.file_name.clone(), pass_view(p)?));
     }
     let total: u64 = views.iter().map(|v| v.1.size()).sum();
     // Files are written side by side, one per core, largest first: each is
@@ -395,12 +710,9 @@ pub fn export(
     for (i, digest) in by_view {
         digests.push((views[i].0.clone(), digest?));
     }
-    let m = format!("{:#}\n", manifest(image, &specs, &figures));
-    write_synced(&out.join("chain.json"), m.as_bytes())?;
-    digests.push((
-        "chain.json".to_string(),
-        Sha256::digest(m.as_bytes()).into(),
-    ));
+    let m = manifest_bytes(image, dir, &folder, &figures);
+    write_synced(&out.join(dir.manifest_name()), &m)?;
+    digests.push((dir.manifest_name().to_string(), Sha256::digest(&m).into()));
     write_synced(&out.join(SUMS_NAME), sums::text(&digests).as_bytes())?;
     // The folder too, so that the names of the files are on disk.
     std::fs::File::open(out)

@@ -71,6 +71,11 @@ pub enum Command {
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
+        /// Write the live state too when another program (a running VM)
+        /// holds the image open for writing; otherwise only its snapshots
+        /// are written, which do not change under the reader.
+        #[arg(long)]
+        force_share: bool,
         /// The qcow2 image.
         image: PathBuf,
         /// Folder to write into (created if missing).

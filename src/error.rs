@@ -146,7 +146,8 @@ impl Error {
             Error::Unsupported { .. } => libc::EIO,
             Error::Backing { .. } => libc::EIO,
             Error::Decompress { .. } => libc::EIO,
-            Error::SnapshotGone { .. } => libc::EIO,
+            // Gone under an open file or a known inode: a stale handle.
+            Error::SnapshotGone { .. } => libc::ESTALE,
             Error::NotFound { .. } => libc::ENOENT,
             Error::NotADirectory => libc::ENOTDIR,
             Error::IsADirectory => libc::EISDIR,

@@ -14,15 +14,26 @@ use fuser::{
 use crate::error::Error;
 use crate::tree::{Attr, Caching, Kind, Tree};
 
-/// How long the kernel may trust the name and attributes of a file that
-/// never changes while it exists (a snapshot view, a layer built only from
-/// snapshots) and of a folder (whose listing is read afresh at every
-/// readdir). Every other file is answered with no time to live, so that a
-/// stat or open after a change sees it at once.
+/// How long the kernel may trust the attributes of a file whose bytes
+/// cannot change while it exists (see [`Attr::fixed`]) and the name and
+/// attributes of a folder (whose listing is read afresh at every readdir).
+/// Every other file's attributes, and the name of every file, are answered
+/// with no time to live: a name can come to stand for another file (a
+/// snapshot deleted and taken again, a layer built over another state, an
+/// image replaced), and a stat or open after a change must see it at once.
 pub const FIXED_TTL: Duration = Duration::from_secs(1);
 
 fn ttl(a: &Attr) -> Duration {
     if a.fixed { FIXED_TTL } else { Duration::ZERO }
+}
+
+/// How long the kernel may keep a name's binding to its inode.
+fn entry_ttl(a: &Attr) -> Duration {
+    if a.kind == Kind::Dir {
+        FIXED_TTL
+    } else {
+        Duration::ZERO
+    }
 }
 
 /// Largest read the kernel passes on at once: one read(2) of a file opened
@@ -95,7 +106,7 @@ impl Filesystem for Fs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.tree.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&ttl(&a), &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry_with_ttls(&ttl(&a), &entry_ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -111,11 +122,11 @@ impl Filesystem for Fs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        match self.tree.open(ino.0) {
+        match self.tree.open(ino.0, req.pid()) {
             Ok((fh, caching)) => {
                 let f = match caching {
                     Caching::Keep => FopenFlags::FOPEN_KEEP_CACHE,
@@ -177,13 +188,13 @@ impl Filesystem for Fs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.tree.readdir(ino.0) {
+        let entries = match self.tree.readdir(ino.0, req.pid()) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(&e)),
         };

@@ -21,10 +21,11 @@ fn main() -> ExitCode {
         Command::Export {
             forward,
             force,
+            force_share,
             image,
             outdir,
             ..
-        } => export(&image, &outdir, forward, force),
+        } => export(&image, &outdir, forward, force, force_share),
         Command::Mount(args) => match mount(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -89,7 +90,13 @@ fn emit(text: &str) -> Result<(), ExitCode> {
     }
 }
 
-fn export(path: &std::path::Path, out: &std::path::Path, forward: bool, force: bool) -> ExitCode {
+fn export(
+    path: &std::path::Path,
+    out: &std::path::Path,
+    forward: bool,
+    force: bool,
+    force_share: bool,
+) -> ExitCode {
     let dir = if forward {
         Direction::Forward
     } else {
@@ -109,8 +116,19 @@ fn export(path: &std::path::Path, out: &std::path::Path, forward: bool, force: b
         bar.set_length(total);
         bar.set_position(done);
     };
+    // An image a running VM writes: its snapshots, which do not change
+    // under us, unless the live state is asked for.
+    let use_ = if !force_share && qcow2fs::lock::in_use(path) {
+        eprintln!(
+            "qcow2fs: {} is in use by another program (a running VM): writing its snapshots only (--force-share writes the live state too)",
+            path.display()
+        );
+        chain::Use::Written
+    } else {
+        chain::Use::Rest
+    };
     let r = Image::open(path, &opts)
-        .and_then(|img| chain::export(&img, dir, out, force, &mut progress));
+        .and_then(|img| chain::export(&img, dir, use_, out, force, &mut progress));
     bar.finish_and_clear();
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -76,6 +76,49 @@ pub fn snapshot_stems(snapshots: &[Snapshot]) -> Vec<String> {
     out.into_iter().flatten().collect()
 }
 
+/// Longest part of a snapshot's name kept in its identity, so that two
+/// identities and a suffix fit in one 255-byte file name.
+pub const MAX_IDENT_NAME_BYTES: usize = 64;
+
+/// A snapshot's identity as a file stem: `<name>.<YYYYmmddTHHMMSS>.<nsec>.id<ID>`,
+/// the name with anything but letters, digits and `-_+.,=@` replaced by `_`
+/// and cut to [`MAX_IDENT_NAME_BYTES`], the creation date in UTC with its
+/// nanoseconds, and the snapshot ID made safe likewise. It depends on the
+/// snapshot alone, never on other snapshots of the table, so it never
+/// changes while the snapshot exists; a snapshot deleted and taken again
+/// under the same name gets another date, and so another identity. It holds
+/// no space, so that a line of names splits on spaces.
+pub fn snapshot_ident(s: &Snapshot) -> String {
+    let safe = |t: &str, max: usize| {
+        let mut out = String::new();
+        for c in t.chars() {
+            let c = if c.is_alphanumeric() || "-_+.,=@".contains(c) {
+                c
+            } else {
+                '_'
+            };
+            if out.len() + c.len_utf8() > max {
+                break;
+            }
+            out.push(c);
+        }
+        if out.is_empty() || out.chars().all(|c| c == '.') {
+            "unnamed".into()
+        } else {
+            out
+        }
+    };
+    let date = jiff::Timestamp::from_second(i64::from(s.date_sec))
+        .map(|t| t.strftime("%Y%m%dT%H%M%S").to_string())
+        .unwrap_or_else(|_| s.date_sec.to_string());
+    format!(
+        "{}.{date}.{:09}.id{}",
+        safe(&s.name, MAX_IDENT_NAME_BYTES),
+        s.date_nsec,
+        safe(&s.id, MAX_IDENT_NAME_BYTES)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +178,30 @@ mod tests {
         assert_eq!(got[0], "dup.id2");
         assert_eq!(got[1], "dup.id2.1");
         assert_eq!(got[2], "dup.id3");
+    }
+
+    #[test]
+    fn identities_depend_on_the_snapshot_alone() {
+        let mut a = sn("3", "night ly/../x");
+        a.date_sec = 1_700_000_000;
+        a.date_nsec = 42;
+        assert_eq!(
+            snapshot_ident(&a),
+            "night_ly_.._x.20231114T221320.000000042.id3"
+        );
+        // The same snapshot among others that share its name: unchanged.
+        assert_eq!(snapshot_ident(&a), snapshot_ident(&a.clone()));
+        let mut again = a.clone();
+        again.date_nsec = 43;
+        assert_ne!(snapshot_ident(&a), snapshot_ident(&again));
+        assert_eq!(
+            snapshot_ident(&sn("1", "..")),
+            "unnamed.19700101T000000.000000000.id1"
+        );
+        let long = snapshot_ident(&sn("1", &"é".repeat(100)));
+        assert!(
+            long.starts_with(&"é".repeat(32)) && long.len() < 120,
+            "{long}"
+        );
     }
 }

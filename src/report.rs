@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::chain::{Direction, LayerFigures, StateMaps, figures};
+use crate::chain::{Direction, LayerFigures, StateMaps, Use, figures};
 use crate::check::{CheckReport, check};
 use crate::image::Image;
 use crate::qcow2::header::*;
@@ -21,17 +21,19 @@ pub struct Info {
 
 /// The folder name of a chain.
 fn chain_folder(dir: Direction) -> &'static str {
-    match dir {
-        Direction::Reverse => "chain",
-        Direction::Forward => "forward",
-    }
+    dir.folder_name()
 }
 
 impl Info {
     /// Gather the report for an opened image (runs the consistency check).
     pub fn gather(image: &Arc<Image>) -> crate::Result<Info> {
         let maps = StateMaps::new(image);
-        Info::gather_with(image, &|d| figures(image, d, &maps))
+        let use_ = if crate::lock::in_use(image.path()) {
+            Use::Written
+        } else {
+            Use::Rest
+        };
+        Info::gather_with(image, use_, &|d| figures(image, d, use_, &maps))
     }
 
     /// Gather the report, taking each chain's layer figures from `layers`
@@ -41,6 +43,7 @@ impl Info {
     /// share nothing else: they run side by side.
     pub fn gather_with(
         image: &Arc<Image>,
+        use_: Use,
         layers: &(dyn Fn(Direction) -> crate::Result<Vec<LayerFigures>> + Sync),
     ) -> crate::Result<Info> {
         let (check, chains) = std::thread::scope(|s| {
@@ -59,7 +62,7 @@ impl Info {
         Ok(Info {
             image: Arc::clone(image),
             check: check?,
-            in_use: crate::lock::in_use(image.path()),
+            in_use: use_ == Use::Written,
             chains,
         })
     }
@@ -151,6 +154,7 @@ impl Info {
             "filename": self.image.path().display().to_string(),
             "file-length": self.image.file().len(),
             "in-use": self.in_use,
+            "chains-hold": if self.in_use { "snapshots" } else { "snapshots and active" },
             "header": {
                 "version": h.version, "size": h.size, "cluster-bits": h.cluster_bits,
                 "cluster-size": cs, "backing-file": h.backing_file,
@@ -197,7 +201,10 @@ impl Info {
         let _ = writeln!(t, "image: {}", self.image.path().display());
         let _ = writeln!(t, "file length: {}", self.image.file().len());
         if self.in_use {
-            let _ = writeln!(t, "in use: yes (another program holds a write lock)");
+            let _ = writeln!(
+                t,
+                "in use: yes (another program holds a write lock); the chains hold the snapshots only"
+            );
         }
         self.header_text(&mut t);
         self.snapshots_text(&mut t);

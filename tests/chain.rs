@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 
-use qcow2fs::chain::{Direction, export, layers};
+use qcow2fs::chain::{Direction, Use, export, layers};
 use qcow2fs::{Image, OpenOptions};
 
 #[test]
@@ -19,7 +19,7 @@ fn exported_chains_verify_against_qemu_img() {
         let image = Image::open(&img, &OpenOptions::new(8 << 20)).unwrap();
         for dir in [Direction::Reverse, Direction::Forward] {
             let out = d.path().join(format!("{name}-{dir:?}"));
-            export(&image, dir, &out, false, &mut |_, _| {}).unwrap();
+            export(&image, dir, Use::Rest, &out, false, &mut |_, _| {}).unwrap();
             verify_chain(d.path(), &img, &out, dir);
             // The complete layer carries the compressed clusters over.
             let bottom = &layers(&image, dir)[0].file_name;
@@ -29,8 +29,8 @@ fn exported_chains_verify_against_qemu_img() {
                 "{bottom}: {q}"
             );
             // Existing files are not overwritten without force.
-            assert!(export(&image, dir, &out, false, &mut |_, _| {}).is_err());
-            export(&image, dir, &out, true, &mut |_, _| {}).unwrap();
+            assert!(export(&image, dir, Use::Rest, &out, false, &mut |_, _| {}).is_err());
+            export(&image, dir, Use::Rest, &out, true, &mut |_, _| {}).unwrap();
         }
     }
 }
@@ -41,7 +41,15 @@ fn reverse_layers_are_deltas() {
     let img = build_chain_image(d.path(), "vm.qcow2", "");
     let image = Image::open(&img, &OpenOptions::new(8 << 20)).unwrap();
     let out = d.path().join("rev");
-    export(&image, Direction::Reverse, &out, false, &mut |_, _| {}).unwrap();
+    export(
+        &image,
+        Direction::Reverse,
+        Use::Rest,
+        &out,
+        false,
+        &mut |_, _| {},
+    )
+    .unwrap();
     let specs = layers(&image, Direction::Reverse);
     let total: u64 = specs
         .iter()

@@ -20,7 +20,15 @@ fn open(img: &Path) -> std::sync::Arc<Image> {
 /// Export a chain and return (layer files with their sizes, total size of
 /// every file in the folder).
 fn exported(img: &Path, out: &Path, dir: Direction) -> (Vec<(String, u64)>, u64) {
-    export(&open(img), dir, out, true, &mut |_, _| {}).unwrap();
+    export(
+        &open(img),
+        dir,
+        qcow2fs::chain::Use::Rest,
+        out,
+        true,
+        &mut |_, _| {},
+    )
+    .unwrap();
     let sizes = layers(&open(img), dir)
         .into_iter()
         .map(|s| {

@@ -22,7 +22,15 @@ fn assert_replica_current(img: &Path, dir: Direction, replica: &Path, scratch: &
     let fresh = scratch.join("fresh");
     let _ = std::fs::remove_dir_all(&fresh);
     let image = Image::open(img, &OpenOptions::new(8 << 20)).unwrap();
-    export(&image, dir, &fresh, false, &mut |_, _| {}).unwrap();
+    export(
+        &image,
+        dir,
+        qcow2fs::chain::Use::Rest,
+        &fresh,
+        false,
+        &mut |_, _| {},
+    )
+    .unwrap();
     let want = names_in(&fresh);
     assert_eq!(names_in(replica), want, "{dir:?}: file names");
     for n in &want {

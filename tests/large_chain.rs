@@ -50,7 +50,7 @@ fn stat_of_every_layer_is_metadata_only() {
     let mut files = 0;
     for folder in ["chain", "forward"] {
         let dir = tree.lookup(image.ino, OsStr::new(folder)).unwrap();
-        for (ino, _, name) in tree.readdir(dir.ino).unwrap() {
+        for (ino, _, name) in tree.readdir(dir.ino, 0).unwrap() {
             // As the kernel does: a listing, then a lookup of each name.
             let a = tree.lookup(dir.ino, &name).unwrap();
             assert_eq!(a.ino, ino);

@@ -45,6 +45,7 @@ fn tree_mirrors_the_folder_and_views_equal_qemu_img() {
             "active.raw",
             "chain",
             "forward",
+            "incremental",
             "info",
             "info.json",
             "snapshots"
@@ -210,7 +211,7 @@ fn snapshot_names_follow_the_rule() {
 }
 
 #[test]
-fn changes_to_the_source_show_and_deleted_snapshots_give_eio() {
+fn changes_to_the_source_show_and_deleted_snapshots_are_stale() {
     let (d, src) = scratch_images();
     let img = image_with_snapshots(&src, "vm.qcow2");
     let m = Mount::new(&src, &at(d.path(), "mnt"), &[]);
@@ -228,8 +229,8 @@ fn changes_to_the_source_show_and_deleted_snapshots_give_eio() {
     });
     wait_until("the new image", || m.path("new.qcow2/active.raw").exists());
 
-    // The deleted snapshot disappears; its open file reads EIO from now on,
-    // even after its clusters are reused by new writes.
+    // The deleted snapshot disappears; its open file reads ESTALE from now
+    // on, even after its clusters are reused by new writes.
     qemu_img(&["snapshot", "-d", "aaa", img.to_str().unwrap()]);
     qemu_io(&img, "qcow2", &["write -P 0x77 0 2M"]);
     wait_until("the snapshot to go", || {
@@ -237,7 +238,7 @@ fn changes_to_the_source_show_and_deleted_snapshots_give_eio() {
     });
     let mut buf = vec![0u8; 4096];
     let err = f.read_exact_at(&mut buf, 1 << 20).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert_eq!(err.raw_os_error(), Some(libc::ESTALE));
     // The active view shows the new writes.
     let active = std::fs::read(m.path("vm.qcow2/active.raw")).unwrap();
     assert!(active[..2 << 20].iter().all(|&b| b == 0x77));

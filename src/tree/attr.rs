@@ -7,7 +7,7 @@ use super::Tree;
 use super::entry::ImageEntry;
 use super::entry::mtime_of;
 use super::freshness::snapshot_time;
-use super::node::{Node, immutable};
+use super::node::{Node, image_of, immutable};
 use crate::error::{Error, Result};
 use crate::image::StateId;
 use crate::view::{ExtentKind, View, scan_extents};
@@ -34,10 +34,12 @@ pub struct Attr {
     pub blocks: u64,
     /// Modification time.
     pub mtime: SystemTime,
-    /// True for what may be trusted for a while: files whose attributes and
-    /// bytes never change while they exist (snapshot views, layers built
-    /// only from snapshots), and folders (their listings are always read
-    /// afresh). Every other file must be asked for afresh.
+    /// True for what may be trusted for a while: attributes of files whose
+    /// bytes cannot change while they exist (snapshot views and layers
+    /// built only from snapshots, of an image with no backing file: nothing
+    /// else they read from can change), and folders (their listings are
+    /// always read afresh). Every other file must be asked for afresh. A
+    /// file's name is never trusted: it is looked up afresh each time.
     pub fixed: bool,
     /// Permission bits (never a write bit).
     pub perm: u16,
@@ -49,6 +51,11 @@ pub struct Attr {
 
 impl Tree {
     pub(super) fn attr(&self, ino: u64, node: &Node) -> Result<Attr> {
+        let no_backing = || {
+            image_of(node)
+                .and_then(|rel| self.images.lock().get(rel).cloned())
+                .is_some_and(|e| e.image.as_ref().is_ok_and(|i| i.backing().is_none()))
+        };
         let base =
             |meta: &std::fs::Metadata, kind: Kind, size: u64, blocks: u64, mtime: SystemTime| {
                 let read = (meta.mode() & 0o444) as u16;
@@ -64,7 +71,7 @@ impl Tree {
                     size,
                     blocks,
                     mtime,
-                    fixed: kind == Kind::Dir || immutable(node),
+                    fixed: kind == Kind::Dir || (immutable(node) && no_backing()),
                     perm,
                     uid: meta.uid(),
                     gid: meta.gid(),
@@ -81,7 +88,8 @@ impl Tree {
             }
             Node::Plain(rel) => {
                 let (_, m) = self.source(rel)?;
-                Ok(base(&m, Kind::File, m.len(), m.blocks(), mtime_of(&m)))
+                let mtime = self.distinct_mtime(rel.clone(), node, None, mtime_of(&m));
+                Ok(base(&m, Kind::File, m.len(), m.blocks(), mtime))
             }
             Node::Image(rel) | Node::SnapDir(rel) => {
                 let e = self.entry(rel)?;
@@ -89,7 +97,8 @@ impl Tree {
             }
             Node::Info(rel, json) => {
                 let e = self.entry(rel)?;
-                let (t, j) = e.info(rel);
+                let info = e.info(rel, self.use_of(rel));
+                let (t, j) = &*info;
                 let len = if *json { j.len() } else { t.len() } as u64;
                 Ok(dense(&e.meta, len, mtime_of(&e.meta)))
             }
@@ -97,20 +106,28 @@ impl Tree {
                 let e = self.entry(rel)?;
                 let size = e.image()?.header().size;
                 let blocks = self.blocks(&e, StateId::Active)?;
-                Ok(base(&e.meta, Kind::File, size, blocks, mtime_of(&e.meta)))
+                let path = rel.join("active.raw");
+                let mtime = self.distinct_mtime(path, node, Some(&e), mtime_of(&e.meta));
+                Ok(base(&e.meta, Kind::File, size, blocks, mtime))
             }
             Node::Snap(rel, key) => {
                 let e = self.entry(rel)?;
                 let i = e.snapshot_index(key)?;
                 let size = e.image()?.snapshots()[i].disk_size;
                 let blocks = self.blocks(&e, StateId::Snapshot(i))?;
-                Ok(base(&e.meta, Kind::File, size, blocks, snapshot_time(key)))
+                let path = rel.join("snapshots").join(format!("{}.raw", e.stems[i]));
+                let mtime = self.distinct_mtime(path, node, Some(&e), snapshot_time(key));
+                Ok(base(&e.meta, Kind::File, size, blocks, mtime))
             }
             Node::VmState(rel, key) => {
                 let e = self.entry(rel)?;
                 let i = e.snapshot_index(key)?;
                 let size = e.image()?.snapshots()[i].vm_state_size;
-                Ok(dense(&e.meta, size, snapshot_time(key)))
+                let path = rel
+                    .join("snapshots")
+                    .join(format!("{}.vmstate", e.stems[i]));
+                let mtime = self.distinct_mtime(path, node, Some(&e), snapshot_time(key));
+                Ok(dense(&e.meta, size, mtime))
             }
             Node::ChainDir(rel, _) => {
                 let e = self.entry(rel)?;
@@ -118,26 +135,34 @@ impl Tree {
             }
             Node::Layer(rel, dir, key) => {
                 let e = self.entry(rel)?;
-                let spec = e.spec(*dir, key)?;
+                let spec = e.spec(*dir, self.use_of(rel), key)?;
                 let size = e.layer_size(&spec)?;
-                let mtime = self.distinct_mtime(node, &e, e.layer_time(&spec)?);
+                let mtime = self.chain_mtime(node, &e, e.layer_time(&spec)?);
                 Ok(dense(&e.meta, size, mtime))
             }
-            Node::Pass(rel, _, _, path) => {
+            Node::Pass(rel, _, _, path, _) => {
                 let e = self.entry(rel)?;
                 let m = std::fs::metadata(path).map_err(|err| Error::io("stat", path, err))?;
-                Ok(base(&e.meta, Kind::File, m.len(), m.blocks(), mtime_of(&m)))
+                let mtime = self.chain_mtime(node, &e, mtime_of(&m));
+                Ok(base(&e.meta, Kind::File, m.len(), m.blocks(), mtime))
             }
             Node::Sums(rel, dir) => {
                 let e = self.entry(rel)?;
                 let (size, t) = self.sums_attr(&e, rel, *dir)?;
-                let mtime = self.distinct_mtime(node, &e, t);
+                let mtime = self.chain_mtime(node, &e, t);
+                Ok(dense(&e.meta, size, mtime))
+            }
+            Node::FileSum(rel, file) => {
+                let e = self.entry(rel)?;
+                let size = self.file_sum_size(rel, file)?;
+                let mtime = self.chain_mtime(node, &e, mtime_of(&e.meta));
                 Ok(dense(&e.meta, size, mtime))
             }
             Node::Manifest(rel, dir) => {
                 let e = self.entry(rel)?;
-                let len = e.manifest(*dir)?.len() as u64;
-                let mtime = self.distinct_mtime(node, &e, mtime_of(&e.meta));
+                let (folder, use_) = self.folder(&e, rel, *dir)?;
+                let len = e.manifest(*dir, &folder, use_)?.len() as u64;
+                let mtime = self.chain_mtime(node, &e, mtime_of(&e.meta));
                 Ok(dense(&e.meta, len, mtime))
             }
         }

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use super::Tree;
 use super::memo::Memos;
 use super::node::{LayerKey, SnapKey, StateKey};
-use crate::chain::{self, Direction, LayerSpec};
+use crate::chain::{self, Direction, LayerSpec, Use};
 use crate::error::{Error, Result};
 use crate::image::{Image, State, StateId, inside};
 use crate::layer::{ClusterMap, Layer};
@@ -23,7 +23,7 @@ use crate::view::View;
 
 /// What identifies a version of a source file: if any of it changes, the
 /// image is reopened and its caches dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) struct Stamp {
     dev: u64,
     ino: u64,
@@ -53,15 +53,24 @@ pub(super) fn mtime_of(m: &std::fs::Metadata) -> SystemTime {
     m.modified().unwrap_or(UNIX_EPOCH)
 }
 
-/// One opening of an image, valid while its stamp is.
+/// The bytes of a chain folder's manifest.
+pub(super) type Manifest = Arc<Vec<u8>>;
+
+/// One opening of an image, valid while its stamp and its backing files'
+/// stamps are.
 pub(super) struct ImageEntry {
     pub(super) stamp: Stamp,
+    /// The stamps of its backing files at this opening: a backing file
+    /// rebased or written is read through a new opening.
+    pub(super) backing_stamps: Vec<Stamp>,
     pub(super) meta: std::fs::Metadata,
     /// The image file, as resolved at this opening.
     pub(super) path: PathBuf,
     pub(super) image: std::result::Result<Arc<Image>, Arc<Error>>,
     pub(super) stems: Vec<String>,
-    pub(super) info: OnceLock<(String, String)>,
+    /// The `info` report (text, JSON), once gathered, per use of the image
+    /// (an image in use plans its chains without the active state).
+    pub(super) info: Mutex<HashMap<Use, Arc<(String, String)>>>,
     /// The mount's memo caches (shared by every image).
     pub(super) memos: Arc<Memos>,
     /// st_blocks per state, once counted (a number per state).
@@ -71,33 +80,59 @@ pub(super) struct ImageEntry {
     /// Layer sizes, once planned (a number per layer), so that a stat never
     /// waits for a plan that the memo budget let go.
     pub(super) layer_sizes: Mutex<HashMap<LayerSpec, u64>>,
-    pub(super) manifests: Mutex<HashMap<Direction, Arc<Vec<u8>>>>,
-    pub(super) backing_files: OnceLock<Vec<chain::Passthrough>>,
-    /// Those of them a chain folder shows (inside IMAGE_DIR, unless allowed).
-    pub(super) shown_backing_files: OnceLock<Vec<chain::Passthrough>>,
+    pub(super) manifests: Mutex<HashMap<(Direction, Use), Manifest>>,
+    pub(super) backing_files: OnceLock<Vec<chain::BackingFile>>,
+    /// How many of them, from the top, a chain folder shows (those inside
+    /// IMAGE_DIR, unless the user allowed more).
+    pub(super) shown_depth: OnceLock<usize>,
     pub(super) logged: AtomicBool,
 }
 
+/// The stamps of backing files (a file that cannot be examined counts as
+/// none: it is missing, and its coming back is a change).
+fn stamps_of(files: &[chain::BackingFile]) -> Vec<Stamp> {
+    files
+        .iter()
+        .filter_map(|b| std::fs::metadata(&b.path).ok().map(|m| Stamp::of(&m)))
+        .collect()
+}
+
 impl ImageEntry {
+    /// True while every backing file is the version this opening read.
+    fn backing_unchanged(&self) -> bool {
+        stamps_of(self.backing_files()) == self.backing_stamps
+    }
+
     /// The files of the image's backing chain, as resolved at this opening
     /// (read once: each is opened to find the next).
-    pub(super) fn backing_files(&self) -> &[chain::Passthrough] {
+    pub(super) fn backing_files(&self) -> &[chain::BackingFile] {
         self.backing_files.get_or_init(|| match &self.image {
-            Ok(img) => chain::passthrough(img),
+            Ok(img) => chain::backing_chain(img),
             Err(_) => Vec::new(),
         })
     }
 
-    /// The backing files a chain folder passes through: those that resolve
-    /// inside `root` when given (checked once per opening).
-    pub(super) fn shown_backing_files(&self, root: Option<&Path>) -> &[chain::Passthrough] {
-        self.shown_backing_files.get_or_init(|| {
+    /// What chain folder `dir` holds in `use_`, its backing files cut to
+    /// those that resolve inside `root` when given (from the top: a file
+    /// below one not shown is not shown either).
+    pub(super) fn folder(
+        &self,
+        dir: Direction,
+        use_: Use,
+        root: Option<&Path>,
+    ) -> Result<chain::Folder> {
+        let img = self.image()?;
+        let mut f = chain::folder(img, dir, use_, self.backing_files());
+        let depth = *self.shown_depth.get_or_init(|| {
             self.backing_files()
                 .iter()
-                .filter(|p| root.is_none_or(|r| inside(&p.path, r).is_ok_and(|(within, _)| within)))
-                .cloned()
-                .collect()
-        })
+                .take_while(|p| {
+                    root.is_none_or(|r| inside(&p.path, r).is_ok_and(|(within, _)| within))
+                })
+                .count()
+        });
+        f.pass.truncate(depth);
+        Ok(f)
     }
 
     pub(super) fn image(&self) -> Result<&Arc<Image>> {
@@ -132,8 +167,11 @@ impl ImageEntry {
             })
     }
 
-    pub(super) fn info(&self, path: &Path) -> &(String, String) {
-        self.info.get_or_init(|| {
+    pub(super) fn info(&self, path: &Path, use_: Use) -> Arc<(String, String)> {
+        if let Some(i) = self.info.lock().get(&use_) {
+            return Arc::clone(i);
+        }
+        let info = Arc::new({
             // One report is gathered at a time, on a thread of its own: a
             // check holds a count per cluster of the file and a list per
             // state while it runs, and the allocator keeps a thread's peak
@@ -141,7 +179,7 @@ impl ImageEntry {
             // leave that peak behind on each of them.
             let _one = self.memos.report_gate.lock();
             std::thread::scope(|s| {
-                s.spawn(|| self.gather_info(path))
+                s.spawn(|| self.gather_info(path, use_))
                     .join()
                     .unwrap_or_else(|_| {
                         let msg = "the report could not be gathered";
@@ -149,18 +187,24 @@ impl ImageEntry {
                         (format!("{msg}\n"), format!("{json:#}\n"))
                     })
             })
-        })
+        });
+        self.info.lock().insert(use_, Arc::clone(&info));
+        info
     }
 
-    fn gather_info(&self, path: &Path) -> (String, String) {
+    fn gather_info(&self, path: &Path, use_: Use) -> (String, String) {
         let layers = |d: Direction| -> Result<Vec<chain::LayerFigures>> {
             let img = self.image()?;
-            chain::layers(img, d)
+            chain::folder(img, d, use_, self.backing_files())
+                .layers
                 .iter()
                 .map(|s| Ok(chain::LayerFigures::of(s, &*self.layer(s)?)))
                 .collect()
         };
-        match self.image().and_then(|img| Info::gather_with(img, &layers)) {
+        match self
+            .image()
+            .and_then(|img| Info::gather_with(img, use_, &layers))
+        {
             Ok(i) => (i.to_text(), format!("{:#}\n", i.to_json())),
             Err(e) => {
                 let text = match &self.image {
@@ -190,9 +234,9 @@ impl ImageEntry {
     }
 
     /// The current spec of the layer `key` names, if it still exists.
-    pub(super) fn spec(&self, dir: Direction, key: &LayerKey) -> Result<LayerSpec> {
+    pub(super) fn spec(&self, dir: Direction, use_: Use, key: &LayerKey) -> Result<LayerSpec> {
         let img = self.image()?;
-        for s in chain::layers(img, dir) {
+        for s in chain::folder(img, dir, use_, self.backing_files()).layers {
             if self.layer_key(&s)? == *key {
                 return Ok(s);
             }
@@ -227,18 +271,29 @@ impl ImageEntry {
         Ok(self.layer(spec)?.size())
     }
 
-    pub(super) fn manifest(&self, dir: Direction) -> Result<Arc<Vec<u8>>> {
-        if let Some(m) = self.manifests.lock().get(&dir) {
+    /// The bytes of a chain folder's manifest (`chain.json`, `INDEX`), for
+    /// the folder as it is shown.
+    pub(super) fn manifest(
+        &self,
+        dir: Direction,
+        folder: &chain::Folder,
+        use_: Use,
+    ) -> Result<Arc<Vec<u8>>> {
+        if let Some(m) = self.manifests.lock().get(&(dir, use_)) {
             return Ok(Arc::clone(m));
         }
         let img = self.image()?;
-        let specs = chain::layers(img, dir);
-        let figures = specs
-            .iter()
-            .map(|s| Ok(chain::LayerFigures::of(s, &*self.layer(s)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let m = Arc::new(format!("{:#}\n", chain::manifest(img, &specs, &figures)).into_bytes());
-        self.manifests.lock().insert(dir, Arc::clone(&m));
+        // INDEX names files only; chain.json gives their figures too.
+        let figures = match dir {
+            Direction::Incremental => Vec::new(),
+            _ => folder
+                .layers
+                .iter()
+                .map(|s| Ok(chain::LayerFigures::of(s, &*self.layer(s)?)))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        let m = Arc::new(chain::manifest_bytes(img, dir, folder, &figures));
+        self.manifests.lock().insert((dir, use_), Arc::clone(&m));
         Ok(m)
     }
 
@@ -276,6 +331,7 @@ impl Tree {
         let known = self.images.lock().get(rel).cloned();
         if let Some(e) = known
             && std::fs::metadata(self.root.join(rel)).is_ok_and(|m| Stamp::of(&m) == e.stamp)
+            && e.backing_unchanged()
         {
             return Ok(e);
         }
@@ -283,6 +339,7 @@ impl Tree {
         let stamp = Stamp::of(&meta);
         if let Some(e) = self.images.lock().get(rel)
             && e.stamp == stamp
+            && e.backing_unchanged()
         {
             return Ok(Arc::clone(e));
         }
@@ -291,20 +348,26 @@ impl Tree {
             .as_ref()
             .map(|i| snapshot_stems(i.snapshots()))
             .unwrap_or_default();
+        let backing_files = match &image {
+            Ok(img) => chain::backing_chain(img),
+            Err(_) => Vec::new(),
+        };
+        let backing_stamps = stamps_of(&backing_files);
         let entry = Arc::new(ImageEntry {
             stamp,
+            backing_stamps,
             meta,
             path: path.clone(),
             image,
             stems,
-            info: OnceLock::new(),
+            info: Mutex::new(HashMap::new()),
             memos: Arc::clone(&self.memos),
             blocks: Mutex::new(HashMap::new()),
             failed_states: Mutex::new(HashMap::new()),
             layer_sizes: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
-            backing_files: OnceLock::new(),
-            shown_backing_files: OnceLock::new(),
+            backing_files: OnceLock::from(backing_files),
+            shown_depth: OnceLock::new(),
             logged: AtomicBool::new(false),
         });
         if let Err(e) = &entry.image {

@@ -9,24 +9,22 @@ use super::entry::{ImageEntry, Stamp};
 use super::node::{Node, SnapKey, immutable, shown_path};
 
 impl Tree {
-    /// The mtime to show for a file of a chain folder: `t`, unless what the
-    /// file at that path holds may have changed since its mtime was last
-    /// shown (another layer under the same name, or, for a file that can
-    /// change, its sources changed) and `t` falls in the same whole second
-    /// or earlier; then the next whole second after the one last shown.
+    /// The mtime to show for the file at `path` in the tree: `t`, unless
+    /// what the file at that path holds may have changed since its mtime
+    /// was last shown (another node under the same name, or the files its
+    /// bytes come from changed) and `t` falls in the same whole second or
+    /// earlier; then the next whole second after the one last shown.
     /// rsync's quick check compares whole seconds by path, so a change
-    /// never keeps both size and shown mtime.
-    pub(super) fn distinct_mtime(&self, node: &Node, e: &ImageEntry, t: SystemTime) -> SystemTime {
-        let Some(path) = shown_path(node) else {
+    /// never keeps both size and shown mtime. Applied to every file.
+    pub(super) fn distinct_mtime(
+        &self,
+        path: PathBuf,
+        node: &Node,
+        e: Option<&ImageEntry>,
+        t: SystemTime,
+    ) -> SystemTime {
+        let Some(stamps) = self.source_stamps(node, e) else {
             return t;
-        };
-        let stamps = if immutable(node) {
-            None
-        } else {
-            match self.source_stamps(node, Some(e)) {
-                Some(s) => Some(s),
-                None => return t,
-            }
         };
         let now = Shown {
             node: node.clone(),
@@ -41,8 +39,16 @@ impl Tree {
             }
             _ => t,
         };
-        shown.insert(path, (now, t));
+        shown.put(path, (now, t));
         t
+    }
+
+    /// The path key of the mtime rule for a file of a chain folder.
+    pub(super) fn chain_mtime(&self, node: &Node, e: &ImageEntry, t: SystemTime) -> SystemTime {
+        match shown_path(node) {
+            Some(path) => self.distinct_mtime(path, node, Some(e), t),
+            None => t,
+        }
     }
 
     /// Record the stamps of a file's sources at this open; true when they
@@ -64,8 +70,12 @@ impl Tree {
     }
 
     /// The files a node's bytes are read from: the image and its backing
-    /// files, or the plain file itself. None for `info`, which also
-    /// reports whether the image is in use.
+    /// files, or the plain file itself. A snapshot view or a layer built
+    /// only from snapshots does not depend on the image's version (the
+    /// snapshots do not change while they exist, and the node is gone with
+    /// them), only on the backing files, through which it reads what its
+    /// snapshot does not hold. None for `info`, which also reports whether
+    /// the image is in use.
     pub(super) fn sources(&self, node: &Node, entry: Option<&ImageEntry>) -> Option<Sources> {
         match (node, entry) {
             (Node::Info(..), _) => None,
@@ -73,12 +83,12 @@ impl Tree {
                 opened: None,
                 files: vec![self.root.join(rel)],
             }),
-            (Node::Pass(.., path), _) => Some(Sources {
+            (Node::Pass(.., path, _), _) => Some(Sources {
                 opened: None,
                 files: vec![path.clone()],
             }),
             (_, Some(e)) => Some(Sources {
-                opened: Some(e.stamp),
+                opened: (!immutable(node)).then_some(e.stamp),
                 files: e.backing_files().iter().map(|p| p.path.clone()).collect(),
             }),
             (_, None) => None,
@@ -128,6 +138,6 @@ pub(super) fn snapshot_time(k: &SnapKey) -> SystemTime {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Shown {
     node: Node,
-    /// Its sources' stamps, for a file that can change while it exists.
-    stamps: Option<Vec<Stamp>>,
+    /// The stamps of the files its bytes come from.
+    stamps: Vec<Stamp>,
 }

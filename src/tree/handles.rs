@@ -55,7 +55,8 @@ impl Tree {
             }
             Node::Info(rel, json) => {
                 let e = self.entry(rel)?;
-                let (t, j) = e.info(rel);
+                let info = e.info(rel, self.use_of(rel));
+                let (t, j) = &*info;
                 let bytes = if *json { j.clone() } else { t.clone() }.into_bytes();
                 Ok((Arc::new(Bytes(bytes)), Some(e)))
             }
@@ -79,17 +80,29 @@ impl Tree {
                 if key.x == StateKey::Active || key.y == Some(StateKey::Active) {
                     self.refuse_in_use(rel)?;
                 }
-                let spec = e.spec(*dir, key)?;
+                let spec = e.spec(*dir, self.use_of(rel), key)?;
                 Ok((e.layer(&spec)?, Some(e)))
             }
-            Node::Pass(rel, _, _, path) => {
+            Node::Pass(rel, dir, name, path, _) => {
                 let e = self.entry(rel)?;
-                Ok((Arc::new(RawView::open(path)?), Some(e)))
+                let (folder, _) = self.folder(&e, rel, *dir)?;
+                let p = folder
+                    .pass
+                    .iter()
+                    .find(|p| p.file_name == *name && p.path == *path)
+                    .ok_or_else(|| Error::NotFound { name: name.clone() })?;
+                Ok((Arc::from(crate::chain::pass_view(p)?), Some(e)))
             }
             Node::Manifest(rel, dir) => {
                 let e = self.entry(rel)?;
-                let m = e.manifest(*dir)?;
+                let (folder, use_) = self.folder(&e, rel, *dir)?;
+                let m = e.manifest(*dir, &folder, use_)?;
                 Ok((Arc::new(Bytes(m.as_ref().clone())), Some(e)))
+            }
+            Node::FileSum(rel, file) => {
+                let e = self.entry(rel)?;
+                let bytes = self.file_sum_bytes(&e, rel, file)?;
+                Ok((Arc::new(Bytes(bytes)), Some(e)))
             }
             Node::Sums(rel, dir) => {
                 let e = self.entry(rel)?;
@@ -102,10 +115,14 @@ impl Tree {
         }
     }
 
-    /// Open file `ino`; returns the handle and how the kernel is to cache
-    /// what is read through it.
-    pub fn open(&self, ino: u64) -> Result<(u64, Caching)> {
+    /// Open file `ino` for process `pid`; returns the handle and how the
+    /// kernel is to cache what is read through it. A file of a chain folder
+    /// that `pid` listed fails with ESTALE once the folder holds another
+    /// state than the one listed (a copy of the folder is one state or
+    /// fails).
+    pub fn open(&self, ino: u64, pid: u32) -> Result<(u64, Caching)> {
         let node = self.inodes.node(ino)?;
+        self.check_listed(&node, pid)?;
         let (view, entry) = self.view(&node).inspect_err(|e| match image_of(&node) {
             Some(rel) => match self.images.lock().get(rel) {
                 Some(entry) => entry.log_once(&self.root.join(rel), e),
@@ -113,10 +130,11 @@ impl Tree {
             },
             None => log::warn!("{node:?}: {e}"),
         })?;
-        // Snapshot views and layers built only from snapshots never change
-        // while they exist; any other file keeps its pages while every file
-        // its bytes come from is the version it was last opened at.
-        let keep = immutable(&node) || self.unchanged_since_last_open(ino, &node, entry.as_deref());
+        // A file keeps its pages while every file its bytes come from is the
+        // version it was last opened at: for snapshot views and layers built
+        // only from snapshots, the image's backing files; for any other
+        // file, the image too.
+        let keep = self.unchanged_since_last_open(ino, &node, entry.as_deref());
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let hashing = self
             .start_hashing(&node, entry.as_deref(), &view)
@@ -181,7 +199,14 @@ impl Tree {
         if Arc::ptr_eq(e, &self.entry(rel)?) {
             return Ok((view, entry));
         }
-        let (view, entry) = self.view(&node)?;
+        // A snapshot deleted (or taken again under its name) meanwhile is
+        // gone under the reader: ESTALE, as for any file that changed.
+        let (view, entry) = self.view(&node).map_err(|err| match err {
+            Error::SnapshotGone { .. } | Error::NotFound { .. } => Error::Changed {
+                path: self.root.join(rel),
+            },
+            other => other,
+        })?;
         let mut g = h.lock();
         g.view = Arc::clone(&view);
         g.entry = entry.clone();
@@ -199,11 +224,12 @@ impl Tree {
         let mut buf = readbuf::POOL.take(size);
         let result = (|| {
             let buf = &mut buf[..size];
-            let n = view.read_at(buf, offset)?;
+            let read = view.read_at(buf, offset);
             // Validate after the read, with one stat: if the image changed
             // since the view was resolved, the bytes may be stale or mix two
-            // versions. A file that never changes while it exists is read
-            // again from the current opening (which fails if the snapshot is
+            // versions (or the read failed on tables reused meanwhile). A
+            // file that never changes while it exists is read again from the
+            // current opening (which fails with ESTALE if the snapshot is
             // gone); any other file fails, so that a copy racing a change
             // ends in an error rather than a mix of two states.
             if let (Some(e), Some(rel)) = (&entry, image_of(&node))
@@ -217,7 +243,7 @@ impl Tree {
                 let (view, _) = self.current_view(&h)?;
                 return view.read_at(buf, offset);
             }
-            Ok(n)
+            read
         })();
         match result {
             Ok(n) => {

@@ -9,8 +9,8 @@
 //! only the nodes the kernel knows: each lookup counts one reference, and a
 //! node is dropped when the kernel forgets its last. Two names whose hashes
 //! meet take the next free number. Inode 1 is the root, never forgotten.
-//! `SHA256SUMS` files are numbered above every other node (see
-//! `SUMS_FIRST`).
+//! `SHA256SUMS` and `FILE.sha256` files are numbered above every other
+//! node (see `SUMS_FIRST`).
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -47,7 +47,7 @@ impl Table {
             return i;
         }
         let (first, end) = match node {
-            Node::Sums(..) => (SUMS_FIRST, DERIVED_END),
+            Node::Sums(..) | Node::FileSum(..) => (SUMS_FIRST, DERIVED_END),
             _ => (FIRST_DERIVED, SUMS_FIRST),
         };
         let span = end - first;

@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 
 use super::Tree;
 use super::attr::{Attr, Kind};
-use super::node::{Node, SnapKey, is_dir};
+use super::node::{Node, SnapKey, chain_folder_of, immutable, is_dir};
 use crate::chain::Direction;
 use crate::error::{Error, Result};
 use crate::image::{inside, is_qcow2};
-use crate::sums::SUMS_NAME;
 
 impl Tree {
     /// The source path of `rel`, refusing anything that resolves outside
@@ -79,12 +78,17 @@ impl Tree {
                         OsString::from("forward"),
                         Node::ChainDir(rel.clone(), Direction::Forward),
                     ));
+                    out.push((
+                        OsString::from("incremental"),
+                        Node::ChainDir(rel.clone(), Direction::Incremental),
+                    ));
                 }
                 Ok(out)
             }
             Node::ChainDir(rel, dir) => {
                 let mut out = self.chain_files(rel, *dir)?;
-                out.push((OsString::from(SUMS_NAME), Node::Sums(rel.clone(), *dir)));
+                let sums = self.sum_files(rel, *dir, &out);
+                out.extend(sums);
                 Ok(out)
             }
             Node::SnapDir(rel) => {
@@ -140,15 +144,60 @@ impl Tree {
     }
 
     /// The entries of folder `ino`: (inode, kind, name), without . and ..
-    pub fn readdir(&self, ino: u64) -> Result<Vec<(u64, Kind, OsString)>> {
+    /// `pid` is the process listing it: a chain folder's listing is
+    /// remembered for it (see [`Tree::open`]).
+    pub fn readdir(&self, ino: u64, pid: u32) -> Result<Vec<(u64, Kind, OsString)>> {
         let node = self.inodes.node(ino)?;
-        Ok(self
-            .children(&node)?
+        let children = self.children(&node)?;
+        if let Node::ChainDir(rel, _) = &node {
+            let generation = self.generation(rel, &children);
+            self.listed.lock().put((pid, ino), generation);
+        }
+        Ok(children
             .into_iter()
             .map(|(name, n)| {
                 let kind = if is_dir(&n) { Kind::Dir } else { Kind::File };
                 (self.inodes.number(&n), kind, name)
             })
             .collect())
+    }
+
+    /// What a chain folder holds, as one number: its names and nodes, and,
+    /// when one of its files can change while it exists, the versions of
+    /// the files they are read from. Another number means another state.
+    pub(super) fn generation(&self, rel: &Path, children: &[(OsString, Node)]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        children.hash(&mut h);
+        if children.iter().any(|(_, n)| !immutable(n))
+            && let Ok(e) = self.entry(rel)
+        {
+            self.source_stamps(&Node::Image(rel.to_path_buf()), Some(&e))
+                .hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// A process that listed the chain folder of `node` opens it: refused
+    /// with ESTALE when the folder holds another state than the one it
+    /// listed, so that a copy of a whole folder is one state or fails.
+    pub(super) fn check_listed(&self, node: &Node, pid: u32) -> Result<()> {
+        let Some(folder) = chain_folder_of(node) else {
+            return Ok(());
+        };
+        let dir_ino = self.inodes.number(&folder);
+        let Some(listed) = self.listed.lock().get(&(pid, dir_ino)).copied() else {
+            return Ok(());
+        };
+        let Node::ChainDir(rel, _) = &folder else {
+            return Ok(());
+        };
+        let now = self.children(&folder)?;
+        if self.generation(rel, &now) != listed {
+            return Err(Error::Changed {
+                path: self.root.join(rel),
+            });
+        }
+        Ok(())
     }
 }

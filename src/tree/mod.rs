@@ -62,10 +62,24 @@ pub struct Tree {
     cached: Mutex<HashMap<u64, Vec<Stamp>>>,
     /// Per path of a chain folder file, what it was and the mtime last
     /// shown for it (a few hundred bytes per file of a chain folder).
-    shown: Mutex<HashMap<PathBuf, (freshness::Shown, SystemTime)>>,
+    /// Bounded: an entry matters only for a path shown again soon after
+    /// a change, and the oldest are let go past [`SHOWN_FILES`].
+    shown: Mutex<lru::LruCache<PathBuf, (freshness::Shown, SystemTime)>>,
+    /// Per (process, chain folder inode), the folder's generation when the
+    /// process listed it (see `Tree::check_listed`); the latest
+    /// [`LISTED_FOLDERS`] listings are kept.
+    listed: Mutex<lru::LruCache<(u32, u64), u64>>,
     next_fh: AtomicU64,
     force_share: bool,
 }
+
+/// Files whose last shown mtime is remembered for the rsync rule (a few
+/// hundred bytes each).
+pub const SHOWN_FILES: usize = 16384;
+
+/// Listings of chain folders remembered for the whole-folder rule: enough
+/// for every copy under way on a host at once, 32 bytes each.
+pub const LISTED_FOLDERS: usize = 4096;
 
 impl Tree {
     /// A tree over `root` (which must be a folder).
@@ -89,7 +103,12 @@ impl Tree {
             images: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             cached: Mutex::new(HashMap::new()),
-            shown: Mutex::new(HashMap::new()),
+            shown: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(SHOWN_FILES).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
+            listed: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(LISTED_FOLDERS).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
             next_fh: AtomicU64::new(1),
             force_share: t.force_share,
         })
@@ -100,6 +119,17 @@ impl Tree {
         if self.inodes.forget(ino, n) {
             // Its pages went with it.
             self.cached.lock().remove(&ino);
+        }
+    }
+
+    /// Whether the image at `rel` is served as at rest, or as in use by
+    /// another writer (a running VM): then its chains hold its snapshots
+    /// only. With --force-share, always as at rest.
+    pub(super) fn use_of(&self, rel: &Path) -> crate::chain::Use {
+        if !self.force_share && crate::lock::in_use(&self.root.join(rel)) {
+            crate::chain::Use::Written
+        } else {
+            crate::chain::Use::Rest
         }
     }
 

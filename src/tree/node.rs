@@ -48,16 +48,21 @@ pub(super) enum Node {
     Snap(PathBuf, SnapKey),
     /// `snapshots/<name>.vmstate`.
     VmState(PathBuf, SnapKey),
-    /// `chain/` or `forward/`.
+    /// `chain/`, `forward/` or `incremental/`.
     ChainDir(PathBuf, Direction),
     /// A synthesized layer, named by the states it is built from.
     Layer(PathBuf, Direction, LayerKey),
-    /// A file of the image's backing chain, passed through into a chain folder.
-    Pass(PathBuf, Direction, String, PathBuf),
-    /// `chain.json`.
+    /// A file of the image's backing chain, passed through into a chain
+    /// folder: its name there, its path, and the backing file name it is
+    /// served with when that is rewritten (another name, other bytes: another
+    /// node).
+    Pass(PathBuf, Direction, String, PathBuf, Option<String>),
+    /// `chain.json`, or `INDEX` of `incremental/`.
     Manifest(PathBuf, Direction),
-    /// `SHA256SUMS` of a chain folder.
+    /// `SHA256SUMS` of `chain/` or `forward/`.
     Sums(PathBuf, Direction),
+    /// `FILE.sha256` of `incremental/`, for the file named.
+    FileSum(PathBuf, String),
 }
 
 /// A state, independent of table positions.
@@ -87,9 +92,10 @@ pub(super) fn image_of(node: &Node) -> Option<&Path> {
         | Node::VmState(r, _)
         | Node::ChainDir(r, _)
         | Node::Layer(r, _, _)
-        | Node::Pass(r, _, _, _)
+        | Node::Pass(r, ..)
         | Node::Manifest(r, _)
-        | Node::Sums(r, _) => Some(r),
+        | Node::Sums(r, _)
+        | Node::FileSum(r, _) => Some(r),
         Node::Dir(_) | Node::Plain(_) => None,
     }
 }
@@ -101,8 +107,10 @@ pub(super) fn is_dir(n: &Node) -> bool {
     )
 }
 
-/// Snapshot views and layers built only from snapshots never change while
-/// they exist.
+/// Snapshot views and layers built only from snapshots do not change while
+/// they exist, whatever happens to the image's active state: their bytes
+/// depend only on the snapshots and on the image's backing files (whose
+/// stamps [`crate::tree`] checks for them, see `Tree::sources`).
 pub(super) fn immutable(node: &Node) -> bool {
     match node {
         Node::Snap(..) | Node::VmState(..) => true,
@@ -111,18 +119,31 @@ pub(super) fn immutable(node: &Node) -> bool {
     }
 }
 
+/// The parent folder of a file of a chain folder.
+pub(super) fn chain_folder_of(node: &Node) -> Option<Node> {
+    match node {
+        Node::Layer(rel, dir, _)
+        | Node::Pass(rel, dir, ..)
+        | Node::Manifest(rel, dir)
+        | Node::Sums(rel, dir) => Some(Node::ChainDir(rel.clone(), *dir)),
+        Node::FileSum(rel, _) => Some(Node::ChainDir(rel.clone(), Direction::Incremental)),
+        _ => None,
+    }
+}
+
 /// The path in the tree of a file of a chain folder, which rsync compares
 /// by: the key of the mtime rule.
 pub(super) fn shown_path(node: &Node) -> Option<PathBuf> {
-    let folder = |dir: &Direction| match dir {
-        Direction::Reverse => "chain",
-        Direction::Forward => "forward",
-    };
     let (rel, dir, name) = match node {
-        Node::Layer(rel, dir, key) => (rel, dir, key.file_name.as_str()),
-        Node::Manifest(rel, dir) => (rel, dir, "chain.json"),
-        Node::Sums(rel, dir) => (rel, dir, crate::sums::SUMS_NAME),
+        Node::Layer(rel, dir, key) => (rel, *dir, key.file_name.as_str()),
+        Node::Pass(rel, dir, name, ..) => (rel, *dir, name.as_str()),
+        Node::Manifest(rel, dir) => (rel, *dir, dir.manifest_name()),
+        Node::Sums(rel, dir) => (rel, *dir, crate::sums::SUMS_NAME),
+        Node::FileSum(rel, name) => {
+            let file = format!("{name}{}", crate::chain::FILE_SUM_SUFFIX);
+            return Some(rel.join(Direction::Incremental.folder_name()).join(file));
+        }
         _ => return None,
     };
-    Some(rel.join(folder(dir)).join(name))
+    Some(rel.join(dir.folder_name()).join(name))
 }

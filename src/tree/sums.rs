@@ -14,9 +14,10 @@ use super::Tree;
 use super::entry::{ImageEntry, Stamp};
 use super::handles::Handle;
 use super::node::Node;
-use crate::chain::{self, Direction};
-use crate::error::Result;
+use crate::chain::{self, Direction, Use};
+use crate::error::{Error, Result};
 use crate::parallel::map_side_by_side;
+use crate::sums::SUMS_NAME;
 use crate::sums::{self, HashThread, Sha256Digest};
 use crate::view::View;
 
@@ -26,36 +27,111 @@ use crate::view::View;
 pub(super) type Digests = Mutex<HashMap<Node, (Vec<Stamp>, Sha256Digest)>>;
 
 impl Tree {
-    /// The files of a chain folder other than `SHA256SUMS`, in order:
-    /// layers bottom first, the image's backing files, `chain.json`.
-    pub(super) fn chain_files(&self, rel: &Path, dir: Direction) -> Result<Vec<(OsString, Node)>> {
-        let e = self.entry(rel)?;
-        let img = e.image()?;
-        let mut out = Vec::new();
-        for s in chain::layers(img, dir) {
-            let key = e.layer_key(&s)?;
-            out.push((
-                OsString::from(&s.file_name),
-                Node::Layer(rel.to_path_buf(), dir, key),
-            ));
-        }
-        // Only files inside IMAGE_DIR, unless the user allowed more.
+    /// What chain folder `dir` of the image at `rel` shows now: in use by
+    /// another writer, only its snapshots (unless --force-share); backing
+    /// files only inside IMAGE_DIR, unless the user allowed more.
+    pub(super) fn folder(
+        &self,
+        e: &ImageEntry,
+        rel: &Path,
+        dir: Direction,
+    ) -> Result<(chain::Folder, Use)> {
+        let use_ = self.use_of(rel);
         let confine = self
             .opts
             .backing_root
             .is_some()
             .then_some(self.root.as_path());
-        for p in e.shown_backing_files(confine) {
+        Ok((e.folder(dir, use_, confine)?, use_))
+    }
+
+    /// The files of a chain folder other than its checksums, in order:
+    /// layers bottom first, the image's backing files, the manifest.
+    pub(super) fn chain_files(&self, rel: &Path, dir: Direction) -> Result<Vec<(OsString, Node)>> {
+        let e = self.entry(rel)?;
+        let (folder, _) = self.folder(&e, rel, dir)?;
+        let mut out = Vec::new();
+        for s in &folder.layers {
+            let key = e.layer_key(s)?;
+            out.push((
+                OsString::from(&s.file_name),
+                Node::Layer(rel.to_path_buf(), dir, key),
+            ));
+        }
+        for p in &folder.pass {
             out.push((
                 OsString::from(&p.file_name),
-                Node::Pass(rel.to_path_buf(), dir, p.file_name.clone(), p.path.clone()),
+                Node::Pass(
+                    rel.to_path_buf(),
+                    dir,
+                    p.file_name.clone(),
+                    p.path.clone(),
+                    p.rewrite.as_ref().map(|r| r.name.clone()),
+                ),
             ));
         }
         out.push((
-            OsString::from("chain.json"),
+            OsString::from(dir.manifest_name()),
             Node::Manifest(rel.to_path_buf(), dir),
         ));
         Ok(out)
+    }
+
+    /// The checksum files of a chain folder: `SHA256SUMS` for `chain/` and
+    /// `forward/`; in `incremental/`, a `FILE.sha256` per layer and backing
+    /// file (a replica fetches a few files a night and verifies those).
+    pub(super) fn sum_files(
+        &self,
+        rel: &Path,
+        dir: Direction,
+        files: &[(OsString, Node)],
+    ) -> Vec<(OsString, Node)> {
+        match dir {
+            Direction::Incremental => files
+                .iter()
+                .filter(|(_, n)| matches!(n, Node::Layer(..) | Node::Pass(..)))
+                .map(|(name, _)| {
+                    let name = name.to_string_lossy().into_owned();
+                    (
+                        OsString::from(format!("{name}{}", chain::FILE_SUM_SUFFIX)),
+                        Node::FileSum(rel.to_path_buf(), name),
+                    )
+                })
+                .collect(),
+            _ => vec![(
+                OsString::from(SUMS_NAME),
+                Node::Sums(rel.to_path_buf(), dir),
+            )],
+        }
+    }
+
+    /// The file of `incremental/` that `FILE.sha256` is for, and the name a
+    /// replica keeps it by.
+    fn summed(&self, rel: &Path, file: &str) -> Result<(Node, String)> {
+        let e = self.entry(rel)?;
+        let (folder, _) = self.folder(&e, rel, Direction::Incremental)?;
+        let node = self
+            .chain_files(rel, Direction::Incremental)?
+            .into_iter()
+            .find(|(n, _)| n.to_str() == Some(file))
+            .map(|(_, n)| n)
+            .ok_or_else(|| Error::NotFound { name: file.into() })?;
+        let spec = folder.layers.iter().find(|s| s.file_name == file);
+        Ok((node, chain::replica_name(e.image()?, spec, file)))
+    }
+
+    /// Size of `FILE.sha256`: from the names alone.
+    pub(super) fn file_sum_size(&self, rel: &Path, file: &str) -> Result<u64> {
+        let (_, name) = self.summed(rel, file)?;
+        Ok(sums::len([name.as_str()]))
+    }
+
+    /// The bytes of `FILE.sha256`: the file's digest (hashed now, unless a
+    /// read of it in full did), under the name a replica keeps it by.
+    pub(super) fn file_sum_bytes(&self, e: &ImageEntry, rel: &Path, file: &str) -> Result<Vec<u8>> {
+        let (node, name) = self.summed(rel, file)?;
+        let d = self.digest(e, &node)?;
+        Ok(sums::text(&[(name, d)]).into_bytes())
     }
 
     /// Size and mtime of `SHA256SUMS`: the size from the names alone; the
@@ -73,11 +149,11 @@ impl Tree {
         let mut mtime = e.meta.modified().unwrap_or(UNIX_EPOCH);
         // The layers' dates from their specs directly (the listing named
         // them by key; looking each key up again would be quadratic).
-        for spec in chain::layers(e.image()?, dir) {
+        for spec in self.folder(e, rel, dir)?.0.layers {
             mtime = mtime.max(e.layer_time(&spec)?);
         }
         for (_, node) in &files {
-            if let Node::Pass(.., path) = node {
+            if let Node::Pass(.., path, _) = node {
                 let t = std::fs::metadata(path).and_then(|m| m.modified());
                 mtime = mtime.max(t.unwrap_or(UNIX_EPOCH));
             }
@@ -141,6 +217,10 @@ impl Tree {
         view: &Arc<dyn View>,
     ) -> Option<HashThread> {
         if !matches!(node, Node::Layer(..) | Node::Pass(..) | Node::Manifest(..)) {
+            return None;
+        }
+        // incremental/'s INDEX has no checksum file.
+        if matches!(node, Node::Manifest(_, Direction::Incremental)) {
             return None;
         }
         let sources = self.sources(node, e)?;
