@@ -55,39 +55,47 @@ backing_of() {
 #   remove D       D is removed (nothing is built on it)
 apply() {
     case $1 in
-        commit)
-            if [ -e "$out/$2.qcow2" ]; then
-                qemu-img commit -q -d -f qcow2 "$out/$3.qcow2"
-                # A commit cut off may have left clusters allocated twice over.
-                if [ -n "$replay" ]; then qemu-img check -q -r leaks "$out/$2.qcow2"; fi
-                sync "$out/$2.qcow2"
-                mv -f "$out/$2.qcow2" "$out/$3.qcow2"
-            fi
-            ;;
-        rebase)
-            if [ -e "$out/$2.qcow2" ]; then
-                if [ "$(backing_of "$out/$3.qcow2")" != "$4.qcow2" ]; then
-                    qemu-img rebase -q -f qcow2 -b "$4.qcow2" -F qcow2 "$out/$3.qcow2"
-                fi
-                if [ -n "$replay" ]; then qemu-img check -q -r leaks "$out/$3.qcow2"; fi
-                sync "$out/$3.qcow2"
-                rm -f "$out/$2.qcow2"
-            fi
-            ;;
-        remove) rm -f "$out/$2.qcow2" ;;
+        commit | rebase | remove) ;;
         *) fail "$out/.journal: unknown merge: $*" ;;
     esac
+    [ -e "$out/$2.qcow2" ] || return 0
+    case $1 in
+        commit) say "$2.qcow2 (took in $3.qcow2 and took its name)" ;;
+        rebase) say "$2.qcow2 ($3.qcow2 rebased onto $4.qcow2)" ;;
+        remove) say "$2.qcow2 (removed)" ;;
+    esac
+    case $1 in
+        commit)
+            qemu-img commit -q -d -f qcow2 "$out/$3.qcow2"
+            # A commit cut off may have left clusters allocated twice over.
+            if [ -n "$replay" ]; then qemu-img check -q -r leaks "$out/$2.qcow2"; fi
+            sync "$out/$2.qcow2"
+            mv -f "$out/$2.qcow2" "$out/$3.qcow2"
+            ;;
+        rebase)
+            if [ "$(backing_of "$out/$3.qcow2")" != "$4.qcow2" ]; then
+                qemu-img rebase -q -f qcow2 -b "$4.qcow2" -F qcow2 "$out/$3.qcow2"
+            fi
+            if [ -n "$replay" ]; then qemu-img check -q -r leaks "$out/$3.qcow2"; fi
+            sync "$out/$3.qcow2"
+            rm -f "$out/$2.qcow2"
+            ;;
+        remove) rm -f "$out/$2.qcow2" ;;
+    esac
+}
+
+say() {
+    if [ -n "$replay" ]; then
+        echo "merged out (finishing a cut-off night): $rel/$*"
+    else
+        echo "merged out: $rel/$*"
+    fi
 }
 
 # Journal a merge, then carry it out.
 merge() {
     printf '%s\n' "$*" >>"$out/.journal"
     sync "$out/.journal"
-    case $1 in
-        commit) echo "merged out: $rel/$2.qcow2 (took in $3.qcow2 and took its name)" ;;
-        rebase) echo "merged out: $rel/$2.qcow2 ($3.qcow2 rebased onto $4.qcow2)" ;;
-        remove) echo "merged out: $rel/$2.qcow2 (removed)" ;;
-    esac
     apply "$@"
 }
 

@@ -493,9 +493,11 @@ fn nights_on_a_running_vm_cost_what_changed() {
     nights(true);
 }
 
-/// Nights cut off: during the first fetch of the complete layer, during a
-/// merge, and (the script alone killed, its copy left running with the
-/// lock) during the fetch of a delta. The next night repairs each.
+/// Nights cut off (the whole process group killed, as a power cut would):
+/// during the first fetch of the complete layer, during a merge, and
+/// during the fetch of a delta. The next night repairs each. Then the
+/// script alone killed: its work goes on holding the lock, and a night
+/// started at once waits for it.
 #[test]
 fn a_night_cut_off_is_repaired_by_the_next() {
     let s = Scenario {
@@ -537,6 +539,21 @@ fn a_night_cut_off_is_repaired_by_the_next() {
             })
         }
     };
+    let mut next_day = 4;
+    let mut rotate = |w: &mut Writer| {
+        let day = next_day;
+        next_day += 1;
+        w.write(&scattered(
+            &pieces,
+            &mut noise,
+            &format!("day{day}"),
+            s.night,
+            s.disk,
+        ));
+        w.delete(&format!("day{}", day - 3));
+        w.snapshot(&format!("day{day}"));
+    };
+
     cut_night(
         &m,
         &dest,
@@ -544,31 +561,49 @@ fn a_night_cut_off_is_repaired_by_the_next() {
         "during the fetch of the complete layer",
         part_of(MIB),
     );
-    print!("{}", replicate(&m, &dest));
+    let out = replicate(&m, &dest);
+    print!("{out}");
+    assert_eq!(out.matches("fetched: ").count(), 3, "{out}");
     assert_replica(dir, &m, "vm.qcow2", &img, &replica);
 
-    // A night cut off in its merge: the oldest layer is still there.
+    // Cut off in its merge: the oldest layer is still there, and the next
+    // night finishes the merge from the journal.
     let oldest = identities(&m, "vm.qcow2", &img)[0].1.clone();
-    w.write(&scattered(&pieces, &mut noise, "day4", s.night, s.disk));
-    w.delete("day1");
-    w.snapshot("day4");
+    rotate(&mut w);
     let journal = replica.join(".journal");
     cut_night(&m, &dest, true, "during the merge", || journal.exists());
     assert!(
         replica.join(format!("{oldest}.qcow2")).exists(),
         "the merge was done before the cut"
     );
-    print!("{}", replicate(&m, &dest));
+    let out = replicate(&m, &dest);
+    print!("{out}");
+    assert!(out.contains("finishing a cut-off night"), "{out}");
     assert!(!journal.exists());
     assert_replica(dir, &m, "vm.qcow2", &img, &replica);
 
-    // The script alone killed during a fetch: its copy goes on holding the
-    // lock, and the next night waits for it before it starts.
-    w.write(&scattered(&pieces, &mut noise, "day5", s.night, s.disk));
-    w.delete("day2");
-    w.snapshot("day5");
-    cut_night(&m, &dest, false, "during the fetch of a delta", part_of(0));
-    print!("{}", replicate(&m, &dest));
+    // Cut off in the fetch of a delta: fetched again the next night.
+    rotate(&mut w);
+    cut_night(&m, &dest, true, "during the fetch of a delta", part_of(0));
+    let out = replicate(&m, &dest);
+    print!("{out}");
+    assert!(out.contains("fetched: "), "{out}");
+    assert_replica(dir, &m, "vm.qcow2", &img, &replica);
+
+    // The script alone killed during a fetch: the commands it started hold
+    // the lock until the night's work is done, and a night started at once
+    // waits for them, then finds nothing left to fetch.
+    rotate(&mut w);
+    cut_night(
+        &m,
+        &dest,
+        false,
+        "(the script alone) during a fetch",
+        part_of(0),
+    );
+    let out = replicate(&m, &dest);
+    print!("{out}");
+    assert!(!out.contains("fetched: "), "{out}");
     assert_replica(dir, &m, "vm.qcow2", &img, &replica);
 }
 
