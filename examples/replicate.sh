@@ -225,7 +225,7 @@ replicate() {
     # and the chain from oldest to newest.
     awk 'FILENAME == ARGV[1] { f[$1] = 1; next } !($2 in f)' "$tmp/fresh" "$tmp/sums" >"$tmp/check"
     if [ -s "$tmp/check" ]; then
-        (cd "$out" && sha256sum -c --quiet --strict -) <"$tmp/check" || fail "$rel: sha256sum -c failed"
+        (cd "$out" && sha256sum -c --quiet --strict - >&2) <"$tmp/check" || fail "$rel: sha256sum -c failed"
     fi
     prev=
     while read -r ident pred file name; do

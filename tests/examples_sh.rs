@@ -111,4 +111,28 @@ fn demo_backup_and_replicate() {
             assert!(ok, "{layer}: {msg}");
         }
     }
+
+    // A replica file damaged: the night fails for that image, with its
+    // digest named, and still replicates and verifies the others.
+    let vm2_layer = names_in(&replica.join("vm2.qcow2"))
+        .into_iter()
+        .find(|n| n.starts_with("before-upgrade."))
+        .unwrap();
+    let damaged = replica.join("vm2.qcow2").join(&vm2_layer);
+    let len = std::fs::metadata(&damaged).unwrap().len();
+    poke(&damaged, len - 1, b"!");
+    let out = std::process::Command::new("sh")
+        .arg(example("replicate.sh"))
+        .arg(&m.mp)
+        .arg(&replica)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains(&vm2_layer), "{stderr}");
+    assert!(stdout.contains("verified: vm1.qcow2"), "{stdout}");
+    assert!(!stdout.contains("verified: vm2.qcow2"), "{stdout}");
 }
