@@ -494,8 +494,8 @@ fn nights_on_a_running_vm_cost_what_changed() {
 }
 
 /// Nights cut off (the whole process group killed, as a power cut would):
-/// during the first fetch of the complete layer, during a merge, and
-/// during the fetch of a delta. The next night repairs each. Then the
+/// during the first fetch of the complete layer, during a merge, during
+/// the fetch of a delta, and during a rebase. The next night repairs each. Then the
 /// script alone killed: its work goes on holding the lock, and a night
 /// started at once waits for it.
 #[test]
@@ -604,6 +604,21 @@ fn a_night_cut_off_is_repaired_by_the_next() {
     let out = replicate(&m, &dest);
     print!("{out}");
     assert!(!out.contains("fetched: "), "{out}");
+    assert_replica(dir, &m, "vm.qcow2", &img, &replica);
+
+    // A middle snapshot deleted at the source, the night cut off in the
+    // rebase of its successor: the next night finishes it.
+    let middle = identities(&m, "vm.qcow2", &img).swap_remove(1);
+    w.delete(&middle.0.name);
+    cut_night(&m, &dest, true, "during a rebase", || journal.exists());
+    assert!(
+        replica.join(format!("{}.qcow2", middle.1)).exists(),
+        "the rebase was done before the cut"
+    );
+    let out = replicate(&m, &dest);
+    print!("{out}");
+    assert!(out.contains("finishing a cut-off night"), "{out}");
+    assert!(out.contains("rebased onto"), "{out}");
     assert_replica(dir, &m, "vm.qcow2", &img, &replica);
 }
 
