@@ -103,7 +103,7 @@ merge() {
 # IDENT BACKING) and the identities the source keeps ($tmp/kept): first a
 # deleted snapshot that nothing is built on, then a complete one, then any.
 next_merge() {
-    awk 'NR == FNR { kept[$1] = 1; next }
+    awk 'FILENAME == ARGV[1] { kept[$1] = 1; next }
         { n++; id[n] = $1; back[$1] = $2; layer[$1 ".qcow2"] = $1 }
         END {
             for (i = 1; i <= n; i++) {

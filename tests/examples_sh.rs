@@ -112,13 +112,15 @@ fn demo_backup_and_replicate() {
         }
     }
 
-    // A replica file damaged: the night fails for that image, with its
-    // digest named, and still replicates and verifies the others.
-    let vm2_layer = names_in(&replica.join("vm2.qcow2"))
+    // The last snapshot of vm2 deleted, and a file of vm1's replica
+    // damaged: vm1's night fails with the damaged file named; vm2's replica
+    // is left with no layer, and verifies.
+    qemu_img(&["snapshot", "-d", "before-upgrade", vm2.to_str().unwrap()]);
+    let monday = names_in(&replica.join("vm1.qcow2"))
         .into_iter()
-        .find(|n| n.starts_with("before-upgrade."))
+        .find(|n| n.starts_with("monday."))
         .unwrap();
-    let damaged = replica.join("vm2.qcow2").join(&vm2_layer);
+    let damaged = replica.join("vm1.qcow2").join(&monday);
     let len = std::fs::metadata(&damaged).unwrap().len();
     poke(&damaged, len - 1, b"!");
     let out = std::process::Command::new("sh")
@@ -132,7 +134,11 @@ fn demo_backup_and_replicate() {
         String::from_utf8_lossy(&out.stderr),
     );
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
-    assert!(stderr.contains(&vm2_layer), "{stderr}");
-    assert!(stdout.contains("verified: vm1.qcow2"), "{stdout}");
-    assert!(!stdout.contains("verified: vm2.qcow2"), "{stdout}");
+    assert!(stderr.contains(&monday), "{stderr}");
+    assert!(!stdout.contains("verified: vm1.qcow2"), "{stdout}");
+    assert!(
+        stdout.contains("verified: vm2.qcow2 (0 snapshots)"),
+        "{stdout}"
+    );
+    assert_eq!(names_in(&replica.join("vm2.qcow2")), ["SHA256SUMS"]);
 }
