@@ -162,18 +162,21 @@ impl Tree {
             .collect())
     }
 
-    /// What a chain folder holds, as one number: its names and nodes, and,
-    /// when one of its files can change while it exists, the versions of
-    /// the files they are read from. Another number means another state.
+    /// What a chain folder holds, as one number: its names and nodes, the
+    /// versions of the backing files it passes through, and, when one of
+    /// its layers stands for or over the active state, the image's version
+    /// (a running VM's writes change nothing else in a folder of its
+    /// snapshots). Another number means another state.
     pub(super) fn generation(&self, rel: &Path, children: &[(OsString, Node)]) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         children.hash(&mut h);
-        if children.iter().any(|(_, n)| !immutable(n))
-            && let Ok(e) = self.entry(rel)
-        {
-            self.source_stamps(&Node::Image(rel.to_path_buf()), Some(&e))
-                .hash(&mut h);
+        let e = self.entry(rel).ok();
+        for (_, n) in children {
+            let live = matches!(n, Node::Layer(..)) && !immutable(n);
+            if live || matches!(n, Node::Pass(..)) {
+                self.source_stamps(n, e.as_deref()).hash(&mut h);
+            }
         }
         h.finish()
     }
