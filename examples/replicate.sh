@@ -1,28 +1,263 @@
 #!/bin/sh
-# Replicate the forward chains of every image under a qcow2fs mount to a
-# target path (a local folder or an rsync destination such as host:path).
-# Layers whose bytes did not change keep their size and mtime, so running it
-# again transfers nothing. A local replica is then verified with sha256sum -c
-# and qemu-img check of every layer.
-# usage: replicate.sh MOUNT TARGET
+# Nightly replication of every image under a qcow2fs mount into a local
+# folder DEST, at the cost of what changed since the last night.
+#
+# DEST/<image path>/ keeps one file per snapshot that the source keeps,
+# IDENT.qcow2 (IDENT = name.date.nsec.idID, as in the mount's
+# incremental/INDEX): the oldest is complete, each later one holds what
+# differs from the one before and names it as its backing file. A night:
+#   1. takes a lock on DEST, held by every command it starts, and finishes
+#      the merges that a cut-off night left in its journal;
+#   2. fetches, oldest first, each snapshot that DEST lacks (the delta over
+#      a snapshot DEST holds) to a temporary name, checks it against the
+#      mount's FILE.sha256 and renames it into place;
+#   3. merges out each snapshot that DEST holds and the source no longer
+#      does, from DEST's files alone, journaled first and safe to repeat:
+#      the oldest takes in its successor (qemu-img commit) and is renamed
+#      over it; a middle one's successor is rebased onto its predecessor
+#      (qemu-img rebase); one that nothing is built on is removed;
+#   4. writes DEST/<image path>/SHA256SUMS and verifies the replica:
+#      sha256sum -c, qemu-img check of every layer, and that the chain runs
+#      oldest to newest.
+# Restore a snapshot: qemu-img convert -O raw DEST/<image path>/IDENT.qcow2 out.raw
+# usage: replicate.sh MOUNT DEST
 set -eu
-mnt=${1:?usage: replicate.sh MOUNT TARGET}
-target=${2:?usage: replicate.sh MOUNT TARGET}
-find "$mnt" -type d -name forward | sort | while read -r fwd; do
-    rel=${fwd#"$mnt"/}
-    rel=${rel%/forward}
-    case "$target" in
-        *:*) ;;
-        *) mkdir -p "$target/$rel" ;;
+mnt=${1:?usage: replicate.sh MOUNT DEST}
+dest=${2:?usage: replicate.sh MOUNT DEST}
+mkdir -p "$dest"
+# One night at a time. The lock is held through an open file that every
+# command started here inherits: a command still running after the night
+# was cut off holds it until it ends.
+exec 9>>"$dest/.lock"
+flock 9
+
+# The file of a snapshot in DEST: IDENT.qcow2.
+layers='*.[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]T[0-9][0-9][0-9][0-9][0-9][0-9].[0-9]*.id*.qcow2'
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+fail() {
+    printf 'replicate.sh: %s\n' "$*" >&2
+    exit 1
+}
+
+# The backing file name written in a qcow2 file ("" for none).
+backing_of() {
+    qemu-img info --output=json "$1" |
+        sed -n 's/^ *"backing-filename": "\(.*\)",\{0,1\}$/\1/p'
+}
+
+# Carry out one merge of the journal, in folder $out. Each is safe to
+# repeat: a merge whose deleted snapshot's file is gone is done.
+#   commit D C     C's delta is committed into the complete D, D renamed to C
+#   rebase D C P   C is rebased from D onto P, D removed
+#   remove D       D is removed (nothing is built on it)
+apply() {
+    case $1 in
+        commit | rebase | remove) ;;
+        *) fail "$out/.journal: unknown merge: $*" ;;
     esac
-    rsync -a --delete --itemize-changes "$fwd/" "$target/$rel/"
-    case "$target" in
-        *:*) ;;
-        *)
-            (cd "$target/$rel" && sha256sum -c --quiet SHA256SUMS)
-            for layer in "$target/$rel"/*.qcow2; do
-                qemu-img check -q "$layer"
-            done
+    [ -e "$out/$2.qcow2" ] || return 0
+    case $1 in
+        commit) say "$2.qcow2 (took in $3.qcow2 and took its name)" ;;
+        rebase) say "$2.qcow2 ($3.qcow2 rebased onto $4.qcow2)" ;;
+        remove) say "$2.qcow2 (removed)" ;;
+    esac
+    case $1 in
+        commit)
+            qemu-img commit -q -d -f qcow2 "$out/$3.qcow2"
+            # A commit cut off may have left clusters allocated twice over.
+            if [ -n "$replay" ]; then qemu-img check -q -r leaks "$out/$2.qcow2"; fi
+            sync "$out/$2.qcow2"
+            mv -f "$out/$2.qcow2" "$out/$3.qcow2"
             ;;
+        rebase)
+            if [ "$(backing_of "$out/$3.qcow2")" != "$4.qcow2" ]; then
+                qemu-img rebase -q -f qcow2 -b "$4.qcow2" -F qcow2 "$out/$3.qcow2"
+            fi
+            if [ -n "$replay" ]; then qemu-img check -q -r leaks "$out/$3.qcow2"; fi
+            sync "$out/$3.qcow2"
+            rm -f "$out/$2.qcow2"
+            ;;
+        remove) rm -f "$out/$2.qcow2" ;;
     esac
-done
+}
+
+say() {
+    if [ -n "$replay" ]; then
+        echo "merged out (finishing a cut-off night): $rel/$*"
+    else
+        echo "merged out: $rel/$*"
+    fi
+}
+
+# Journal a merge, then carry it out.
+merge() {
+    printf '%s\n' "$*" >>"$out/.journal"
+    sync "$out/.journal"
+    apply "$@"
+}
+
+# The next merge, from the DEST layers and their backing names ($tmp/chain:
+# IDENT BACKING) and the identities the source keeps ($tmp/kept): first a
+# deleted snapshot that nothing is built on, then a complete one, then any.
+next_merge() {
+    awk 'FILENAME == ARGV[1] { kept[$1] = 1; next }
+        { n++; id[n] = $1; back[$1] = $2; layer[$1 ".qcow2"] = $1 }
+        END {
+            for (i = 1; i <= n; i++) {
+                d = id[i]; if (d in kept) continue
+                kids = 0
+                for (j = 1; j <= n; j++) if (back[id[j]] == d ".qcow2") { kids++; child[d] = id[j] }
+                nkids[d] = kids
+                if (kids == 0) { print "remove", d; exit }
+            }
+            for (pass = 1; pass <= 2; pass++)
+                for (i = 1; i <= n; i++) {
+                    d = id[i]; if (d in kept) continue
+                    if (nkids[d] > 1) { print "branches", d; exit }
+                    complete = !(back[d] in layer)
+                    if (pass == 1 && complete) { print "commit", d, child[d]; exit }
+                    if (pass == 2) { print "rebase", d, child[d], layer[back[d]]; exit }
+                }
+        }' "$tmp/kept" "$tmp/chain"
+}
+
+# Fetch a file of the mount to a temporary name in $out, check it against
+# the mount's FILE.sha256 (read after FILE: the mount hashes FILE as it is
+# read), and rename it into place as NAME; its digest goes to .fetched.
+fetch() {
+    part=$out/.$2.part
+    cp -p "$1" "$part"
+    read -r want wname <"$1.sha256"
+    [ "${wname#\*}" = "$2" ] || fail "$1.sha256 names $wname, not $2"
+    got=$(sha256sum <"$part")
+    got=${got%% *}
+    [ "$got" = "$want" ] || fail "$1: sha256 $got, the mount says $want"
+    sync "$part"
+    mv -f "$part" "$out/$2"
+    printf '%s  %s\n' "$want" "$2" >>"$out/.fetched"
+    echo "fetched: $rel/$2 ($(stat -c %s "$out/$2") bytes)"
+}
+
+# Replicate one image: its incremental/ folder $src into $out.
+replicate() {
+    src=$1
+    out=$2
+    mkdir -p "$out"
+    rm -f "$out"/.*.part
+    # 1. Finish what a cut-off night left.
+    if [ -e "$out/.journal" ]; then
+        replay=1
+        while read -r op a b c; do
+            apply "$op" "$a" "$b" "$c"
+        done <"$out/.journal"
+    fi
+    replay=
+
+    # One table for the whole night.
+    cp "$src/INDEX" "$tmp/index"
+    awk '{ print $1 }' "$tmp/index" >"$tmp/kept"
+    : >"$tmp/fresh"
+    # The image's backing files, passed through: fetched when their size or
+    # date changed.
+    : >"$tmp/backing"
+    for f in "$src"/*; do
+        [ -e "$f" ] || continue
+        name=${f##*/}
+        case $name in INDEX | *.sha256) continue ;; esac
+        if awk -v f="$name" '$3 == f { found = 1 } END { exit !found }' "$tmp/index"; then
+            continue
+        fi
+        echo "$name" >>"$tmp/backing"
+        if [ "$(stat -c '%s %Y' "$f")" != "$(stat -c '%s %Y' "$out/$name" 2>/dev/null)" ]; then
+            fetch "$f" "$name"
+        fi
+    done
+
+    # 2. Fetch, oldest first, what DEST lacks.
+    while read -r ident pred file name; do
+        [ -e "$out/$ident.qcow2" ] && continue
+        if [ "$pred" != - ] && [ ! -e "$out/$pred.qcow2" ]; then
+            fail "$rel: $ident is a delta over $pred, which the replica lacks"
+        fi
+        fetch "$src/$file" "$ident.qcow2"
+    done <"$tmp/index"
+
+    # 3. Merge out what the source no longer keeps.
+    while :; do
+        : >"$tmp/chain"
+        for f in "$out"/$layers; do
+            [ -e "$f" ] || continue
+            id=${f##*/}
+            grep -qxF "$id" "$tmp/backing" && continue
+            printf '%s %s\n' "${id%.qcow2}" "$(backing_of "$f")" >>"$tmp/chain"
+        done
+        # shellcheck disable=SC2046 # the merge's words
+        set -- $(next_merge)
+        [ $# -gt 0 ] || break
+        [ "$1" != branches ] || fail "$rel: more than one snapshot is built on $2"
+        merge "$@"
+    done
+
+    # 4. SHA256SUMS: the source's digest of each file fetched, a digest taken
+    # here of each file merged, the last night's for the others.
+    [ -e "$out/SHA256SUMS" ] && cp "$out/SHA256SUMS" "$tmp/old" || : >"$tmp/old"
+    [ -e "$out/.fetched" ] && cp "$out/.fetched" "$tmp/fetched" || : >"$tmp/fetched"
+    [ -e "$out/.journal" ] && awk '$1 != "remove" { print $3 ".qcow2" }' "$out/.journal" >>"$tmp/fresh"
+    : >"$tmp/sums"
+    { sed 's/$/.qcow2/' "$tmp/kept"; cat "$tmp/backing"; } | while read -r name; do
+        line=
+        if ! grep -qxF "$name" "$tmp/fresh"; then
+            line=$(awk -v f="$name" '$2 == f { l = $0 } END { print l }' "$tmp/fetched")
+            [ -n "$line" ] || line=$(awk -v f="$name" '$2 == f { l = $0 } END { print l }' "$tmp/old")
+        fi
+        [ -n "$line" ] || line=$(cd "$out" && sha256sum "$name")
+        printf '%s\n' "$line" >>"$tmp/sums"
+    done
+    cp "$tmp/sums" "$out/.SHA256SUMS.part"
+    sync "$out/.SHA256SUMS.part"
+    mv -f "$out/.SHA256SUMS.part" "$out/SHA256SUMS"
+    rm -f "$out/.journal" "$out/.fetched"
+
+    # Verify: every digest that was not taken here just now, every layer,
+    # and the chain from oldest to newest.
+    awk 'FILENAME == ARGV[1] { f[$1] = 1; next } !($2 in f)' "$tmp/fresh" "$tmp/sums" >"$tmp/check"
+    if [ -s "$tmp/check" ]; then
+        (cd "$out" && sha256sum -c --quiet --strict - >&2) <"$tmp/check" || fail "$rel: sha256sum -c failed"
+    fi
+    prev=
+    while read -r ident pred file name; do
+        qemu-img check -q "$out/$ident.qcow2" || fail "$rel: qemu-img check $ident.qcow2 failed"
+        back=$(backing_of "$out/$ident.qcow2")
+        if [ -n "$prev" ]; then
+            [ "$back" = "$prev.qcow2" ] || fail "$rel: $ident.qcow2 is over '$back', not $prev.qcow2"
+        elif [ -n "$back" ]; then
+            grep -qxF "$back" "$tmp/backing" || fail "$rel: the oldest, $ident.qcow2, is over '$back'"
+        fi
+        prev=$ident
+    done <"$tmp/index"
+    if [ -n "$prev" ]; then
+        qemu-img info --backing-chain "$out/$prev.qcow2" >/dev/null ||
+            fail "$rel: the chain of $prev.qcow2 does not open"
+    fi
+    echo "verified: $rel ($(wc -l <"$tmp/kept") snapshots)"
+}
+
+# Every image folder under the mount (one with incremental/ in it).
+failed=0
+find "$mnt" -type d -exec test -d '{}/incremental' ';' -print -prune | sort >"$tmp/images"
+while read -r img; do
+    rel=${img#"$mnt"}
+    rel=${rel#/}
+    set +e
+    (
+        set -e
+        replicate "$img/incremental" "$dest/$rel"
+    )
+    rc=$?
+    set -e
+    [ "$rc" -eq 0 ] || failed=1
+done <"$tmp/images"
+exit "$failed"
