@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, CommandFactory, Parser, Subcommand, ValueEnum};
 
-use crate::mount::MountArgs;
+use crate::fuse::mount::MountArgs;
 
 mod man;
 pub mod outdir;

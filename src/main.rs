@@ -10,10 +10,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use log::LevelFilter;
 use qcow2fs::chain::{self, Direction};
+use qcow2fs::check::{check_json, check_text};
 use qcow2fs::cli::{Cli, Command, Output, outdir};
 use qcow2fs::error::io_reason;
 use qcow2fs::mount::{self, mount};
-use qcow2fs::report::{Info, check_json, check_text};
+use qcow2fs::report::Info;
 use qcow2fs::{Image, OpenOptions};
 
 /// Exit status of a failure, and of a usage error (as qemu-img; `check`

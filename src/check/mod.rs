@@ -5,6 +5,7 @@
 
 mod bitmaps;
 mod copied;
+mod output;
 mod walk;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::qcow2::refcount::reftable_fields;
 use crate::qcow2::snapshot::V3_EXTRA_DATA;
 pub use bitmaps::{MAX_BITMAP_DIRECTORY_BYTES, MAX_CHECK_BITMAP_ENTRIES};
 use copied::check_oflag_copied;
+pub use output::{check_json, check_text};
 use walk::Walk;
 
 /// Bound on the messages kept; counts go on past it.

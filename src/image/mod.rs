@@ -12,6 +12,7 @@
 
 mod backing;
 mod inflate;
+pub mod lock;
 mod refcounts;
 mod state;
 

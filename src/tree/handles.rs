@@ -10,10 +10,10 @@ use parking_lot::Mutex;
 use super::Tree;
 use super::entry::ImageEntry;
 use super::node::{Node, StateKey, image_of, immutable};
+use super::stream::HashThread;
 use crate::error::{Error, Result};
 use crate::image::{StateId, VmState};
 use crate::readbuf::{self, ReadBytes};
-use crate::sums::HashThread;
 use crate::view::{RawView, View};
 
 /// A file node resolved to the view that serves it, and the opening of the
@@ -178,7 +178,7 @@ impl Tree {
     /// writing are served only with --force-share; snapshot views always are.
     pub(super) fn refuse_in_use(&self, rel: &Path) -> Result<()> {
         let path = self.root.join(rel);
-        if !self.force_share && crate::lock::in_use(&path) {
+        if !self.force_share && crate::image::lock::in_use(&path) {
             return Err(Error::InUse { path });
         }
         Ok(())

@@ -11,6 +11,7 @@ mod listing;
 mod memo;
 mod node;
 mod seek;
+mod stream;
 mod sums;
 
 use std::collections::HashMap;
@@ -132,7 +133,7 @@ impl Tree {
     /// another writer (a running VM): then its chains hold its snapshots
     /// only. With --force-share, always as at rest.
     pub(super) fn use_of(&self, rel: &Path) -> crate::chain::Use {
-        if !self.force_share && crate::lock::in_use(&self.root.join(rel)) {
+        if !self.force_share && crate::image::lock::in_use(&self.root.join(rel)) {
             crate::chain::Use::Written
         } else {
             crate::chain::Use::Rest

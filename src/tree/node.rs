@@ -138,7 +138,7 @@ pub(super) fn shown_path(node: &Node) -> Option<PathBuf> {
         Node::Layer(rel, dir, key) => (rel, *dir, key.file_name.as_str()),
         Node::Pass(rel, dir, name, ..) => (rel, *dir, name.as_str()),
         Node::Manifest(rel, dir) => (rel, *dir, dir.manifest_name()),
-        Node::Sums(rel, dir) => (rel, *dir, crate::sums::SUMS_NAME),
+        Node::Sums(rel, dir) => (rel, *dir, crate::chain::sums::SUMS_NAME),
         Node::FileSum(rel, name) => {
             let file = format!("{name}{}", crate::chain::FILE_SUM_SUFFIX);
             return Some(rel.join(Direction::Incremental.folder_name()).join(file));

@@ -17,8 +17,9 @@ use super::node::Node;
 use crate::chain::{self, Direction, Use};
 use crate::error::{Error, Result};
 use crate::parallel::map_side_by_side;
-use crate::sums::SUMS_NAME;
-use crate::sums::{self, HashThread, Sha256Digest};
+
+use super::stream::HashThread;
+use crate::chain::sums::{self, SUMS_NAME, Sha256Digest};
 use crate::view::View;
 
 /// Digests of chain folder files, each with the stamps of the sources it

@@ -1,6 +1,8 @@
 //! The FUSE adapter: a thin layer that turns kernel requests into calls on
 //! the [`Tree`] and its answers into replies. No logic lives here.
 
+pub mod mount;
+
 use std::ffi::OsStr;
 use std::time::{Duration, SystemTime};
 

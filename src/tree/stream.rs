@@ -1,24 +1,16 @@
-//! `SHA256SUMS`: the sha256sum-format list of every other file of a chain
-//! folder, so that a replica can be verified with `sha256sum -c`, without
-//! the source. Its size follows from the file names alone; its bytes from
-//! hashing each file, which is done while the file is read anyway when it
-//! can be (a `cp -r` or `rsync` reads every file in full).
+//! The mount's streaming hash: a file of a chain folder hashed from the
+//! reads made of it, in whatever order they come, on a thread of its own.
 
 use std::collections::BTreeMap;
-use std::io::{Seek, SeekFrom, Write};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
-use crate::readbuf::{self, ReadBytes};
+use crate::chain::sums::Sha256Digest;
+use crate::readbuf::ReadBytes;
 use crate::view::{ExtentKind, View};
-
-/// The name of the sums file in every chain folder.
-pub const SUMS_NAME: &str = "SHA256SUMS";
 
 /// Most bytes held, for all files together, of reads that arrived out of
 /// order (readahead runs several at once; a reader may jump about). A file
@@ -33,141 +25,9 @@ const HOLE_WINDOW: u64 = 64 << 20;
 /// Bytes held by every [`StreamHash`] at once.
 static PENDING_BYTES: AtomicUsize = AtomicUsize::new(0);
 
-/// Bytes read at a time when hashing a file that was not hashed as it was
-/// read, or when writing one out.
-const HASH_CHUNK: usize = 1 << 20;
-/// Chunks queued for a hashing thread (while a file is written out, or
-/// reads of a mounted file wait to be hashed).
+/// Chunks queued for a hashing thread (reads of a mounted file wait to be
+/// hashed).
 const HASH_QUEUE: usize = 4;
-
-/// A SHA-256 digest.
-pub type Sha256Digest = [u8; 32];
-
-/// `name` as sha256sum writes it: a backslash or newline in it is escaped,
-/// and the line then starts with a backslash.
-fn escaped(name: &str) -> (bool, String) {
-    let needs = name.contains(['\\', '\n']);
-    (needs, name.replace('\\', "\\\\").replace('\n', "\\n"))
-}
-
-/// One line of the sums file.
-pub fn line(name: &str, digest: &Sha256Digest) -> String {
-    let (esc, name) = escaped(name);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}{hex}  {name}\n", if esc { "\\" } else { "" })
-}
-
-/// The length of the sums file of these names, without hashing anything.
-pub fn len<'a>(names: impl IntoIterator<Item = &'a str>) -> u64 {
-    names
-        .into_iter()
-        .map(|n| {
-            let (esc, name) = escaped(n);
-            (usize::from(esc) + 64 + 2 + name.len() + 1) as u64
-        })
-        .sum()
-}
-
-/// The whole sums file.
-pub fn text(entries: &[(String, Sha256Digest)]) -> String {
-    entries.iter().map(|(n, d)| line(n, d)).collect()
-}
-
-/// Hash every byte of a view.
-pub fn hash_view(view: &dyn View) -> Result<Sha256Digest> {
-    let mut sha = Sha256::new();
-    let mut buf = vec![0u8; HASH_CHUNK];
-    let mut pos = 0u64;
-    while pos < view.size() {
-        let n = view.read_at(&mut buf, pos)?;
-        if n == 0 {
-            break;
-        }
-        sha.update(&buf[..n]);
-        pos += n as u64;
-    }
-    Ok(sha.finalize().into())
-}
-
-/// Write every byte of `view` to a new file at `path` and return its
-/// digest once the file is on disk. Chunks of zeros are skipped, so holes
-/// stay holes; the hashing runs on a second thread, beside the reads and
-/// writes. `done` is told the bytes of each chunk as it is written.
-pub fn write_hashed(
-    view: &dyn View,
-    path: &Path,
-    done: &mut dyn FnMut(u64),
-) -> Result<Sha256Digest> {
-    let mut f = std::fs::File::create(path).map_err(|e| Error::io("create", path, e))?;
-    let (to_hash, chunks) = mpsc::sync_channel::<ReadBytes>(HASH_QUEUE);
-    std::thread::scope(|s| {
-        let hasher = s.spawn(move || {
-            let mut sha = Sha256::new();
-            for chunk in chunks {
-                sha.update(&*chunk);
-            }
-            Sha256Digest::from(sha.finalize())
-        });
-        let copied = (|| -> Result<()> {
-            let (mut pos, mut written_out) = (0u64, 0u64);
-            while pos < view.size() {
-                let mut buf = readbuf::POOL.take(HASH_CHUNK);
-                let n = view.read_at(&mut buf[..HASH_CHUNK], pos)?;
-                if n == 0 {
-                    break;
-                }
-                let buf = ReadBytes::new(buf, n, &readbuf::POOL);
-                if buf.iter().all(|&b| b == 0) {
-                    f.seek(SeekFrom::Current(n as i64))
-                        .map_err(|e| Error::io("seek", path, e))?;
-                } else {
-                    f.write_all(&buf).map_err(|e| Error::io("write", path, e))?;
-                }
-                pos += n as u64;
-                if pos - written_out >= WRITE_OUT_EVERY {
-                    write_out(&f, written_out, pos);
-                    written_out = pos;
-                }
-                done(n as u64);
-                if to_hash.send(buf).is_err() {
-                    break;
-                }
-            }
-            write_out(&f, written_out, pos);
-            f.set_len(view.size())
-                .map_err(|e| Error::io("set length", path, e))?;
-            f.sync_data().map_err(|e| Error::io("sync", path, e))
-        })();
-        drop(to_hash);
-        let digest = hasher.join();
-        copied?;
-        digest.map_err(|_| Error::Io {
-            what: "hash".into(),
-            path: path.to_path_buf(),
-            source: std::io::Error::other("the hashing thread failed"),
-        })
-    })
-}
-
-/// Bytes written between two asks to the kernel to write them out to disk:
-/// the disk works while the export goes on (instead of all at the `sync`
-/// after it), and an export does not crowd the page cache.
-const WRITE_OUT_EVERY: u64 = 16 << 20;
-
-/// Ask the kernel to start writing bytes `from..to` of `f` to disk, and to
-/// drop them from the page cache once written (POSIX_FADV_DONTNEED starts
-/// the writeback of dirty pages, then drops the clean ones). Only a hint.
-fn write_out(f: &std::fs::File, from: u64, to: u64) {
-    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
-    if let Err(e) = posix_fadvise(
-        f,
-        from as i64,
-        (to - from) as i64,
-        PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-    ) {
-        log::debug!("posix_fadvise: {e}");
-    }
-}
 
 /// Most files hashed on threads of their own at once; a file opened past
 /// it is hashed when the sums are read instead.
@@ -390,17 +250,7 @@ impl StreamHash {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lines_are_in_sha256sum_format() {
-        let d = [0xabu8; 32];
-        let l = line("vm_active.qcow2", &d);
-        assert_eq!(l, format!("{}  vm_active.qcow2\n", "ab".repeat(32)));
-        assert_eq!(len(["vm_active.qcow2"]), l.len() as u64);
-        let odd = line("a\\b\nc", &d);
-        assert!(odd.starts_with('\\') && odd.ends_with("  a\\\\b\\nc\n"));
-        assert_eq!(len(["a\\b\nc"]), odd.len() as u64);
-    }
+    use crate::error::Result;
 
     /// 300 bytes: data, a hole (bytes 100 to 200), data.
     struct Holed(Vec<u8>);
