@@ -15,12 +15,9 @@ const SPARE: usize = 16;
 /// Spare buffers.
 pub struct Pool(Mutex<Vec<Vec<u8>>>);
 
-/// The pool that reads take their buffers from.
-pub static POOL: Pool = Pool::new();
-
 impl Pool {
     /// An empty pool.
-    pub const fn new() -> Pool {
+    pub fn new() -> Pool {
         Pool(Mutex::new(Vec::new()))
     }
 
@@ -47,12 +44,14 @@ impl Default for Pool {
     }
 }
 
-/// A buffer that goes back to its pool when dropped.
-struct Pooled(Vec<u8>, &'static Pool);
+/// A buffer that goes back to its pool, if it has one, when dropped.
+struct Pooled(Vec<u8>, Option<Arc<Pool>>);
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        self.1.give_back(std::mem::take(&mut self.0));
+        if let Some(pool) = &self.1 {
+            pool.give_back(std::mem::take(&mut self.0));
+        }
     }
 }
 
@@ -67,10 +66,10 @@ pub struct ReadBytes {
 impl ReadBytes {
     /// The first `len` bytes of `buf`, which goes back to `pool` once every
     /// share is dropped.
-    pub fn new(buf: Vec<u8>, len: usize, pool: &'static Pool) -> ReadBytes {
+    pub fn new(buf: Vec<u8>, len: usize, pool: &Arc<Pool>) -> ReadBytes {
         assert!(len <= buf.len());
         ReadBytes {
-            buf: Arc::new(Pooled(buf, pool)),
+            buf: Arc::new(Pooled(buf, Some(Arc::clone(pool)))),
             len,
         }
     }
@@ -84,7 +83,10 @@ impl ReadBytes {
 impl From<Vec<u8>> for ReadBytes {
     fn from(buf: Vec<u8>) -> ReadBytes {
         let len = buf.len();
-        ReadBytes::new(buf, len, &POOL)
+        ReadBytes {
+            buf: Arc::new(Pooled(buf, None)),
+            len,
+        }
     }
 }
 
@@ -102,11 +104,11 @@ mod tests {
 
     #[test]
     fn buffers_come_back_once_every_share_is_dropped() {
-        let pool: &'static Pool = Box::leak(Box::new(Pool::new()));
+        let pool = Arc::new(Pool::new());
         let buf = pool.take(1000);
         assert!(buf.len() >= 1000);
         let ptr = buf.as_ptr();
-        let bytes = ReadBytes::new(buf, 10, pool);
+        let bytes = ReadBytes::new(buf, 10, &pool);
         let share = bytes.clone();
         assert_eq!(share.len(), 10);
         drop(bytes);

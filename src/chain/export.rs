@@ -19,7 +19,7 @@ use super::sums::{self, HASH_CHUNK, SUMS_NAME, Sha256Digest};
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::parallel::map_side_by_side;
-use crate::readbuf::{self, ReadBytes};
+use crate::readbuf::{Pool, ReadBytes};
 use crate::view::View;
 
 /// Chunks queued for the hashing thread while a file is written out.
@@ -74,9 +74,11 @@ pub fn export(
     order.sort_by_key(|&i| std::cmp::Reverse(views[i].1.size()));
     let done = AtomicU64::new(0);
     let progress = Mutex::new(progress);
+    // The export's own buffers, shared by its writers.
+    let pool = Arc::new(Pool::new());
     let written = map_side_by_side(&order, |&i| {
         let (name, v) = &views[i];
-        write_hashed(&**v, &out.join(name), &mut |n| {
+        write_hashed(&**v, &out.join(name), &pool, &mut |n| {
             let d = done.fetch_add(n, Ordering::Relaxed) + n;
             (progress.lock())(d, total);
         })
@@ -122,7 +124,12 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 /// digest once the file is on disk. Chunks of zeros are skipped, so holes
 /// stay holes; the hashing runs on a second thread, beside the reads and
 /// writes. `done` is told the bytes of each chunk as it is written.
-fn write_hashed(view: &dyn View, path: &Path, done: &mut dyn FnMut(u64)) -> Result<Sha256Digest> {
+fn write_hashed(
+    view: &dyn View,
+    path: &Path,
+    pool: &Arc<Pool>,
+    done: &mut dyn FnMut(u64),
+) -> Result<Sha256Digest> {
     let mut f = std::fs::File::create(path).map_err(|e| Error::io("create", path, e))?;
     let (to_hash, chunks) = mpsc::sync_channel::<ReadBytes>(HASH_QUEUE);
     std::thread::scope(|s| {
@@ -136,12 +143,12 @@ fn write_hashed(view: &dyn View, path: &Path, done: &mut dyn FnMut(u64)) -> Resu
         let copied = (|| -> Result<()> {
             let (mut pos, mut written_out) = (0u64, 0u64);
             while pos < view.size() {
-                let mut buf = readbuf::POOL.take(HASH_CHUNK);
+                let mut buf = pool.take(HASH_CHUNK);
                 let n = view.read_at(&mut buf[..HASH_CHUNK], pos)?;
                 if n == 0 {
                     break;
                 }
-                let buf = ReadBytes::new(buf, n, &readbuf::POOL);
+                let buf = ReadBytes::new(buf, n, pool);
                 if buf.iter().all(|&b| b == 0) {
                     f.seek(SeekFrom::Current(n as i64))
                         .map_err(|e| Error::io("seek", path, e))?;

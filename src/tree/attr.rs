@@ -1,59 +1,22 @@
 //! Attributes: kind, size, st_blocks, permissions and times of every node.
 
 use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use super::Tree;
 use super::entry::ImageEntry;
 use super::entry::mtime_of;
-use super::freshness::snapshot_time;
-use super::node::{Node, image_of, immutable};
+use super::node::{Attr, Kind, Node, SnapKey, image_of, immutable, shown_path};
 use crate::error::{Error, Result};
 use crate::image::StateId;
 use crate::view::{ExtentKind, View, scan_extents};
-
-/// File or folder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// A folder.
-    Dir,
-    /// A regular file.
-    File,
-}
-
-/// The attributes of a node.
-#[derive(Clone, Debug)]
-pub struct Attr {
-    /// Inode number.
-    pub ino: u64,
-    /// File or folder.
-    pub kind: Kind,
-    /// Size in bytes.
-    pub size: u64,
-    /// 512-byte blocks allocated.
-    pub blocks: u64,
-    /// Modification time.
-    pub mtime: SystemTime,
-    /// True for what may be trusted for a while: attributes of files whose
-    /// bytes cannot change while they exist (snapshot views and layers
-    /// built only from snapshots, of an image with no backing file: nothing
-    /// else they read from can change), and folders (their listings are
-    /// always read afresh). Every other file must be asked for afresh. A
-    /// file's name is never trusted: it is looked up afresh each time.
-    pub fixed: bool,
-    /// Permission bits (never a write bit).
-    pub perm: u16,
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-}
 
 impl Tree {
     pub(super) fn attr(&self, ino: u64, node: &Node) -> Result<Attr> {
         let no_backing = || {
             image_of(node)
-                .and_then(|rel| self.images.lock().get(rel).cloned())
+                .and_then(|rel| self.images.opened(rel))
                 .is_some_and(|e| e.image.as_ref().is_ok_and(|i| i.backing().is_none()))
         };
         let base =
@@ -83,27 +46,27 @@ impl Tree {
         };
         match node {
             Node::Dir(rel) => {
-                let (_, m) = self.source(rel)?;
+                let (_, m) = self.images.source(rel)?;
                 Ok(base(&m, Kind::Dir, 0, 0, mtime_of(&m)))
             }
             Node::Plain(rel) => {
-                let (_, m) = self.source(rel)?;
+                let (_, m) = self.images.source(rel)?;
                 let mtime = self.distinct_mtime(rel.clone(), node, None, mtime_of(&m));
                 Ok(base(&m, Kind::File, m.len(), m.blocks(), mtime))
             }
             Node::Image(rel) | Node::SnapDir(rel) => {
-                let e = self.entry(rel)?;
+                let e = self.images.entry(rel)?;
                 Ok(base(&e.meta, Kind::Dir, 0, 0, mtime_of(&e.meta)))
             }
             Node::Info(rel, json) => {
-                let e = self.entry(rel)?;
-                let info = e.info(rel, self.use_of(rel));
+                let e = self.images.entry(rel)?;
+                let info = e.info(rel, self.images.use_of(rel));
                 let (t, j) = &*info;
                 let len = if *json { j.len() } else { t.len() } as u64;
                 Ok(dense(&e.meta, len, mtime_of(&e.meta)))
             }
             Node::Active(rel) => {
-                let e = self.entry(rel)?;
+                let e = self.images.entry(rel)?;
                 let size = e.image()?.header().size;
                 let blocks = self.blocks(&e, StateId::Active)?;
                 let path = rel.join("active.raw");
@@ -111,7 +74,7 @@ impl Tree {
                 Ok(base(&e.meta, Kind::File, size, blocks, mtime))
             }
             Node::Snap(rel, key) => {
-                let e = self.entry(rel)?;
+                let e = self.images.entry(rel)?;
                 let i = e.snapshot_index(key)?;
                 let size = e.image()?.snapshots()[i].disk_size;
                 let blocks = self.blocks(&e, StateId::Snapshot(i))?;
@@ -120,7 +83,7 @@ impl Tree {
                 Ok(base(&e.meta, Kind::File, size, blocks, mtime))
             }
             Node::VmState(rel, key) => {
-                let e = self.entry(rel)?;
+                let e = self.images.entry(rel)?;
                 let i = e.snapshot_index(key)?;
                 let size = e.image()?.snapshots()[i].vm_state_size;
                 let path = rel
@@ -130,41 +93,64 @@ impl Tree {
                 Ok(dense(&e.meta, size, mtime))
             }
             Node::ChainDir(rel, _) => {
-                let e = self.entry(rel)?;
+                let e = self.images.entry(rel)?;
                 Ok(base(&e.meta, Kind::Dir, 0, 0, mtime_of(&e.meta)))
             }
             Node::Layer(rel, dir, key) => {
-                let e = self.entry(rel)?;
-                let spec = e.spec(*dir, self.use_of(rel), self.confine(), key)?;
+                let e = self.images.entry(rel)?;
+                let spec = e.spec(*dir, self.images.use_of(rel), self.images.confine(), key)?;
                 let size = e.layer_size(&spec)?;
                 let mtime = self.chain_mtime(node, &e, e.layer_time(&spec)?);
                 Ok(dense(&e.meta, size, mtime))
             }
             Node::Pass(rel, _, _, path, _) => {
-                let e = self.entry(rel)?;
+                let e = self.images.entry(rel)?;
                 let m = std::fs::metadata(path).map_err(|err| Error::io("stat", path, err))?;
                 let mtime = self.chain_mtime(node, &e, mtime_of(&m));
                 Ok(base(&e.meta, Kind::File, m.len(), m.blocks(), mtime))
             }
             Node::Sums(rel, dir) => {
-                let e = self.entry(rel)?;
+                let e = self.images.entry(rel)?;
                 let (size, t) = self.sums_attr(&e, rel, *dir)?;
                 let mtime = self.chain_mtime(node, &e, t);
                 Ok(dense(&e.meta, size, mtime))
             }
             Node::FileSum(rel, file) => {
-                let e = self.entry(rel)?;
+                let e = self.images.entry(rel)?;
                 let size = self.file_sum_size(rel, file)?;
                 let mtime = self.chain_mtime(node, &e, mtime_of(&e.meta));
                 Ok(dense(&e.meta, size, mtime))
             }
             Node::Manifest(rel, dir) => {
-                let e = self.entry(rel)?;
-                let (shown, use_) = self.folder(&e, rel, *dir)?;
+                let e = self.images.entry(rel)?;
+                let (shown, use_) = self.images.folder(&e, rel, *dir)?;
                 let len = e.manifest(*dir, &shown.folder, use_)?.len() as u64;
                 let mtime = self.chain_mtime(node, &e, mtime_of(&e.meta));
                 Ok(dense(&e.meta, len, mtime))
             }
+        }
+    }
+
+    /// The mtime to show for the file at `path` (see `Freshness::mtime`);
+    /// `t` itself when a source of it cannot be examined.
+    fn distinct_mtime(
+        &self,
+        path: PathBuf,
+        node: &Node,
+        e: Option<&ImageEntry>,
+        t: SystemTime,
+    ) -> SystemTime {
+        match self.images.source_stamps(node, e) {
+            Some(stamps) => self.freshness.mtime(path, node, stamps, t),
+            None => t,
+        }
+    }
+
+    /// The path key of the mtime rule for a file of a chain folder.
+    fn chain_mtime(&self, node: &Node, e: &ImageEntry, t: SystemTime) -> SystemTime {
+        match shown_path(node) {
+            Some(path) => self.distinct_mtime(path, node, Some(e), t),
+            None => t,
         }
     }
 
@@ -188,4 +174,9 @@ impl Tree {
         e.blocks.lock().insert(which, b);
         Ok(b)
     }
+}
+
+/// A snapshot's date.
+fn snapshot_time(k: &SnapKey) -> SystemTime {
+    crate::qcow2::snapshot::date(k.date_sec, k.date_nsec)
 }

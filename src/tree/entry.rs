@@ -10,14 +10,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
-use super::Tree;
 use super::memo::Memos;
-use super::node::{LayerKey, SnapKey, StateKey};
+use super::node::{LayerKey, Listing, SnapKey, StateKey};
 use crate::chain::{self, Direction, LayerSpec, Use};
 use crate::error::{Error, Result};
 use crate::image::{Image, State, StateId, inside};
 use crate::layer::{ClusterMap, Layer};
-use crate::names::snapshot_stems;
 use crate::report::{Info, open_error_text};
 use crate::view::View;
 
@@ -92,9 +90,9 @@ pub(super) struct ImageEntry {
     /// What each chain folder shows, once worked out, per use.
     pub(super) folders: Mutex<HashMap<(Direction, Use), Arc<Shown>>>,
     /// Their listings, per use.
-    pub(super) listings: Mutex<HashMap<(Direction, Use), Arc<super::sums::Listing>>>,
+    pub(super) listings: Mutex<HashMap<(Direction, Use), Arc<Listing>>>,
     /// The listing of `snapshots/`, once made.
-    pub(super) snap_listing: OnceLock<Arc<super::sums::Listing>>,
+    pub(super) snap_listing: OnceLock<Arc<Listing>>,
     /// How many of them, from the top, a chain folder shows (those inside
     /// IMAGE_DIR, unless the user allowed more).
     pub(super) shown_depth: OnceLock<usize>,
@@ -103,7 +101,7 @@ pub(super) struct ImageEntry {
 
 /// The stamps of backing files (a file that cannot be examined counts as
 /// none: it is missing, and its coming back is a change).
-fn stamps_of(files: &[chain::BackingFile]) -> Vec<Stamp> {
+pub(super) fn stamps_of(files: &[chain::BackingFile]) -> Vec<Stamp> {
     files
         .iter()
         .filter_map(|b| std::fs::metadata(&b.path).ok().map(|m| Stamp::of(&m)))
@@ -112,7 +110,7 @@ fn stamps_of(files: &[chain::BackingFile]) -> Vec<Stamp> {
 
 impl ImageEntry {
     /// True while every backing file is the version this opening read.
-    fn backing_unchanged(&self) -> bool {
+    pub(super) fn backing_unchanged(&self) -> bool {
         stamps_of(self.backing_files()) == self.backing_stamps
     }
 
@@ -345,71 +343,5 @@ impl ImageEntry {
         if !self.logged.swap(true, Ordering::Relaxed) {
             log::warn!("{}: {e}", path.display());
         }
-    }
-}
-
-impl Tree {
-    /// The current opening of the image at `rel`, reopened if it changed.
-    pub(super) fn entry(&self, rel: &Path) -> Result<Arc<ImageEntry>> {
-        // One stat when the image is the version already open: the same
-        // device, inode, size and times can only be the same file, so the
-        // path need not be resolved again.
-        let known = self.images.lock().get(rel).cloned();
-        if let Some(e) = known
-            && std::fs::metadata(self.root.join(rel)).is_ok_and(|m| Stamp::of(&m) == e.stamp)
-            && e.backing_unchanged()
-        {
-            return Ok(e);
-        }
-        let (path, meta) = self.source(rel)?;
-        let stamp = Stamp::of(&meta);
-        if let Some(e) = self.images.lock().get(rel)
-            && e.stamp == stamp
-            && e.backing_unchanged()
-        {
-            return Ok(Arc::clone(e));
-        }
-        let image = Image::open(&path, &self.opts).map_err(Arc::new);
-        let stems = image
-            .as_ref()
-            .map(|i| snapshot_stems(i.snapshots()))
-            .unwrap_or_default();
-        let backing_files = match &image {
-            Ok(img) => chain::backing_chain(img),
-            Err(_) => Vec::new(),
-        };
-        let backing_stamps = stamps_of(&backing_files);
-        let entry = Arc::new(ImageEntry {
-            stamp,
-            backing_stamps,
-            meta,
-            path: path.clone(),
-            image,
-            stems,
-            info: Mutex::new(HashMap::new()),
-            memos: Arc::clone(&self.memos),
-            blocks: Mutex::new(HashMap::new()),
-            failed_states: Mutex::new(HashMap::new()),
-            layer_sizes: Mutex::new(HashMap::new()),
-            manifests: Mutex::new(HashMap::new()),
-            backing_files: OnceLock::from(backing_files),
-            folders: Mutex::new(HashMap::new()),
-            listings: Mutex::new(HashMap::new()),
-            snap_listing: OnceLock::new(),
-            shown_depth: OnceLock::new(),
-            logged: AtomicBool::new(false),
-        });
-        if let Err(e) = &entry.image {
-            log::warn!("{}: {e}", path.display());
-        }
-        let old = self
-            .images
-            .lock()
-            .insert(rel.to_path_buf(), Arc::clone(&entry));
-        if let Some(Ok(img)) = old.as_ref().map(|o| &o.image) {
-            self.opts.caches.forget_image(img.id());
-            self.memos.forget_image(img.id());
-        }
-        Ok(entry)
     }
 }

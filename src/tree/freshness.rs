@@ -1,31 +1,67 @@
-//! Freshness: the mtime a file shows (so that rsync's quick check never
-//! skips a changed file) and whether the kernel may keep its cached pages.
+//! Freshness: what the tree has shown, so that rsync's quick check never
+//! skips a changed file (the mtime last shown per path), the kernel keeps
+//! cached pages only of an unchanged file (the sources of each file at its
+//! last open), and a copy of a whole chain folder is one state (what each
+//! process listed).
 
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::Tree;
-use super::entry::{ImageEntry, Stamp};
-use super::node::{Node, SnapKey, immutable, shown_path};
+use parking_lot::Mutex;
 
-impl Tree {
-    /// The mtime to show for the file at `path` in the tree: `t`, unless
-    /// what the file at that path holds may have changed since its mtime
-    /// was last shown (another node under the same name, or the files its
-    /// bytes come from changed) and `t` falls in the same whole second or
-    /// earlier; then the next whole second after the one last shown.
-    /// rsync's quick check compares whole seconds by path, so a change
-    /// never keeps both size and shown mtime. Applied to every file.
-    pub(super) fn distinct_mtime(
+use super::entry::Stamp;
+use super::node::Node;
+
+/// Files whose last shown mtime is remembered for the rsync rule (a few
+/// hundred bytes each).
+pub const SHOWN_FILES: usize = 16384;
+
+/// Listings of chain folders remembered for the whole-folder rule: enough
+/// for every copy under way on a host at once, 32 bytes each.
+pub const LISTED_FOLDERS: usize = 4096;
+
+/// What the tree has shown.
+pub(super) struct Freshness {
+    /// Per path of a file, what it was and the mtime last shown for it (a
+    /// few hundred bytes per file). Bounded: an entry matters only for a
+    /// path shown again soon after a change, and the oldest are let go
+    /// past [`SHOWN_FILES`].
+    shown: Mutex<lru::LruCache<PathBuf, (Shown, SystemTime)>>,
+    /// Per file inode, the stamps of its sources at its last open: the
+    /// kernel's cached pages of the file hold bytes of that version.
+    cached: Mutex<HashMap<u64, Vec<Stamp>>>,
+    /// Per (process, chain folder inode), the folder's generation when the
+    /// process listed it; the latest [`LISTED_FOLDERS`] listings are kept.
+    listed: Mutex<lru::LruCache<(u32, u64), u64>>,
+}
+
+impl Freshness {
+    /// Nothing shown yet.
+    pub(super) fn new() -> Freshness {
+        let bound = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
+        Freshness {
+            shown: Mutex::new(lru::LruCache::new(bound(SHOWN_FILES))),
+            cached: Mutex::new(HashMap::new()),
+            listed: Mutex::new(lru::LruCache::new(bound(LISTED_FOLDERS))),
+        }
+    }
+
+    /// The mtime to show for the file at `path` in the tree, `node` read
+    /// from sources of `stamps`: `t`, unless what the file at that path
+    /// holds may have changed since its mtime was last shown (another node
+    /// under the same name, or the files its bytes come from changed) and
+    /// `t` falls in the same whole second or earlier; then the next whole
+    /// second after the one last shown. rsync's quick check compares whole
+    /// seconds by path, so a change never keeps both size and shown mtime.
+    pub(super) fn mtime(
         &self,
         path: PathBuf,
         node: &Node,
-        e: Option<&ImageEntry>,
+        stamps: Vec<Stamp>,
         t: SystemTime,
     ) -> SystemTime {
-        let Some(stamps) = self.source_stamps(node, e) else {
-            return t;
-        };
         let now = Shown {
             node: node.clone(),
             stamps,
@@ -43,23 +79,10 @@ impl Tree {
         t
     }
 
-    /// The path key of the mtime rule for a file of a chain folder.
-    pub(super) fn chain_mtime(&self, node: &Node, e: &ImageEntry, t: SystemTime) -> SystemTime {
-        match shown_path(node) {
-            Some(path) => self.distinct_mtime(path, node, Some(e), t),
-            None => t,
-        }
-    }
-
-    /// Record the stamps of a file's sources at this open; true when they
-    /// equal those of its previous open.
-    pub(super) fn unchanged_since_last_open(
-        &self,
-        ino: u64,
-        node: &Node,
-        entry: Option<&ImageEntry>,
-    ) -> bool {
-        let stamps = self.source_stamps(node, entry);
+    /// Record the stamps of the sources of file `ino` at this open (None:
+    /// one could not be examined); true when they equal those of its
+    /// previous open.
+    pub(super) fn same_as_last_open(&self, ino: u64, stamps: Option<Vec<Stamp>>) -> bool {
         let mut cached = self.cached.lock();
         let same = stamps.is_some() && cached.get(&ino) == stamps.as_ref();
         match stamps {
@@ -69,74 +92,25 @@ impl Tree {
         same
     }
 
-    /// The files a node's bytes are read from: the image and its backing
-    /// files, or the plain file itself. A snapshot view or a layer built
-    /// only from snapshots does not depend on the image's version (the
-    /// snapshots do not change while they exist, and the node is gone with
-    /// them), only on the backing files, through which it reads what its
-    /// snapshot does not hold. None for `info`, which also reports whether
-    /// the image is in use.
-    pub(super) fn sources(&self, node: &Node, entry: Option<&ImageEntry>) -> Option<Sources> {
-        match (node, entry) {
-            (Node::Info(..), _) => None,
-            (Node::Plain(rel), _) => Some(Sources {
-                opened: None,
-                files: vec![self.root.join(rel)],
-            }),
-            (Node::Pass(.., path, _), _) => Some(Sources {
-                opened: None,
-                files: vec![path.clone()],
-            }),
-            (_, Some(e)) => Some(Sources {
-                opened: (!immutable(node)).then_some(e.stamp),
-                files: e.backing_files().iter().map(|p| p.path.clone()).collect(),
-            }),
-            (_, None) => None,
-        }
+    /// The kernel let go of inode `ino`, and of its pages with it.
+    pub(super) fn forget(&self, ino: u64) {
+        self.cached.lock().remove(&ino);
     }
 
-    /// The stamps of the files a node's bytes are read from; None when one
-    /// of them cannot be examined (see [`Tree::sources`]).
-    pub(super) fn source_stamps(
-        &self,
-        node: &Node,
-        entry: Option<&ImageEntry>,
-    ) -> Option<Vec<Stamp>> {
-        self.sources(node, entry)?.stamps()
+    /// Process `pid` listed chain folder `ino` in `generation`.
+    pub(super) fn note_listing(&self, pid: u32, ino: u64, generation: u64) {
+        self.listed.lock().put((pid, ino), generation);
     }
 
-    /// True when the image at `rel` is still the version `e` opened (one
-    /// stat; resolution and the IMAGE_DIR check happen on a mismatch).
-    pub(super) fn unchanged(&self, e: &ImageEntry, rel: &Path) -> bool {
-        std::fs::metadata(self.root.join(rel)).is_ok_and(|m| Stamp::of(&m) == e.stamp)
+    /// The generation in which process `pid` last listed folder `ino`.
+    pub(super) fn listed_at(&self, pid: u32, ino: u64) -> Option<u64> {
+        self.listed.lock().get(&(pid, ino)).copied()
     }
-}
-
-/// What a file's bytes come from: the image opening it was resolved
-/// from, and the files examined afresh each time.
-pub(super) struct Sources {
-    opened: Option<Stamp>,
-    files: Vec<PathBuf>,
-}
-
-impl Sources {
-    /// Their stamps now; None when a file cannot be examined.
-    pub(super) fn stamps(&self) -> Option<Vec<Stamp>> {
-        let mut out: Vec<Stamp> = self.opened.into_iter().collect();
-        for p in &self.files {
-            out.push(Stamp::of(&std::fs::metadata(p).ok()?));
-        }
-        Some(out)
-    }
-}
-
-pub(super) fn snapshot_time(k: &SnapKey) -> SystemTime {
-    crate::qcow2::snapshot::date(k.date_sec, k.date_nsec)
 }
 
 /// What the file at a path was when its mtime was last shown.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Shown {
+struct Shown {
     node: Node,
     /// The stamps of the files its bytes come from.
     stamps: Vec<Stamp>,

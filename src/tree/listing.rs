@@ -3,38 +3,22 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-
-use super::DirEntry;
-use super::Tree;
-use super::attr::{Attr, Kind};
-use super::entry::ImageEntry;
-use super::node::{Node, SnapKey, chain_folder_of, immutable, is_dir};
-use super::sums::Listing;
-use crate::chain::Direction;
-use crate::error::{Error, Result};
-use crate::image::{inside, is_qcow2};
 use std::sync::Arc;
 
-impl Tree {
-    /// The source path of `rel`, refusing anything that resolves outside
-    /// IMAGE_DIR (symlinks included).
-    pub(super) fn source(&self, rel: &Path) -> Result<(PathBuf, std::fs::Metadata)> {
-        let p = self.root.join(rel);
-        let (within, real) = inside(&p, &self.root).map_err(|e| Error::io("resolve", &p, e))?;
-        if !within {
-            return Err(Error::NotFound {
-                name: rel.display().to_string(),
-            });
-        }
-        let meta = std::fs::metadata(&real).map_err(|e| Error::io("stat", &real, e))?;
-        Ok((real, meta))
-    }
+use super::Tree;
+use super::entry::ImageEntry;
+use super::handles::DirEntry;
+use super::node::{Attr, Kind, Listing, Node, SnapKey, chain_folder_of, immutable, is_dir};
+use crate::chain::Direction;
+use crate::error::{Error, Result};
+use crate::image::is_qcow2;
 
+impl Tree {
     /// The node a source entry is shown as: folders stay folders, qcow2
     /// files (known by their magic) become image folders, other files are
     /// shown as they are; anything else is not shown.
     pub(super) fn mirrored(&self, rel: PathBuf) -> Result<Option<Node>> {
-        let (real, meta) = self.source(&rel)?;
+        let (real, meta) = self.images.source(&rel)?;
         Ok(if meta.is_dir() {
             Some(Node::Dir(rel))
         } else if !meta.is_file() {
@@ -50,7 +34,7 @@ impl Tree {
     pub(super) fn children(&self, node: &Node) -> Result<Vec<(OsString, Node)>> {
         match node {
             Node::Dir(rel) => {
-                let (path, _) = self.source(rel)?;
+                let (path, _) = self.images.source(rel)?;
                 let rd =
                     std::fs::read_dir(&path).map_err(|e| Error::io("read folder", &path, e))?;
                 let mut out = Vec::new();
@@ -67,7 +51,7 @@ impl Tree {
                 Ok(out)
             }
             Node::Image(rel) => {
-                let e = self.entry(rel)?;
+                let e = self.images.entry(rel)?;
                 // An image that cannot be opened holds only `info`, saying why.
                 let mut out = vec![(OsString::from("info"), Node::Info(rel.clone(), false))];
                 if e.image.is_ok() {
@@ -90,12 +74,12 @@ impl Tree {
                 Ok(out)
             }
             Node::ChainDir(rel, dir) => {
-                let e = self.entry(rel)?;
+                let e = self.images.entry(rel)?;
                 let l = self.listing(&e, rel, *dir)?;
                 Ok(l.files.iter().chain(&l.sums).cloned().collect())
             }
             Node::SnapDir(rel) => {
-                let e = self.entry(rel)?;
+                let e = self.images.entry(rel)?;
                 Ok(self.snap_listing(&e, rel)?.files.clone())
             }
             _ => Err(Error::NotADirectory),
@@ -150,7 +134,7 @@ impl Tree {
             }
             // Generated folders: by name, from the listing kept.
             Node::ChainDir(rel, dir) => {
-                let e = self.entry(rel)?;
+                let e = self.images.entry(rel)?;
                 self.listing(&e, rel, *dir)?
                     .by_name
                     .get(name)
@@ -160,7 +144,7 @@ impl Tree {
                     })?
             }
             Node::SnapDir(rel) => {
-                let e = self.entry(rel)?;
+                let e = self.images.entry(rel)?;
                 self.snap_listing(&e, rel)?
                     .by_name
                     .get(name)
@@ -186,28 +170,18 @@ impl Tree {
     /// taken now, so that a listing read in several parts is one state
     /// even when the folder changes meanwhile. Returns the handle.
     pub fn opendir(&self, ino: u64, pid: u32) -> Result<u64> {
-        let entries = Arc::new(self.readdir(ino, pid)?);
-        let fh = self
-            .next_fh
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.dirs.lock().insert(fh, entries);
-        Ok(fh)
+        let entries = self.readdir(ino, pid)?;
+        Ok(self.handles.add_dir(entries))
     }
 
     /// The entries an open folder handle took.
     pub fn dir_entries(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>> {
-        self.dirs
-            .lock()
-            .get(&fh)
-            .cloned()
-            .ok_or_else(|| Error::NotFound {
-                name: format!("folder handle {fh}"),
-            })
+        self.handles.dir(fh)
     }
 
     /// Forget an open folder handle.
     pub fn releasedir(&self, fh: u64) {
-        self.dirs.lock().remove(&fh);
+        self.handles.remove_dir(fh);
     }
 
     /// The entries of folder `ino`: (inode, kind, name), without . and ..
@@ -218,7 +192,7 @@ impl Tree {
         let children = self.children(&node)?;
         if let Node::ChainDir(rel, _) = &node {
             let generation = self.generation(rel, &children);
-            self.listed.lock().put((pid, ino), generation);
+            self.freshness.note_listing(pid, ino, generation);
         }
         Ok(children
             .into_iter()
@@ -238,11 +212,11 @@ impl Tree {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         children.hash(&mut h);
-        let e = self.entry(rel).ok();
+        let e = self.images.entry(rel).ok();
         for (_, n) in children {
             let live = matches!(n, Node::Layer(..)) && !immutable(n);
             if live || matches!(n, Node::Pass(..)) {
-                self.source_stamps(n, e.as_deref()).hash(&mut h);
+                self.images.source_stamps(n, e.as_deref()).hash(&mut h);
             }
         }
         h.finish()
@@ -256,7 +230,7 @@ impl Tree {
             return Ok(());
         };
         let dir_ino = self.inodes.number(&folder);
-        let Some(listed) = self.listed.lock().get(&(pid, dir_ino)).copied() else {
+        let Some(listed) = self.freshness.listed_at(pid, dir_ino) else {
             return Ok(());
         };
         let Node::ChainDir(rel, _) = &folder else {
@@ -265,7 +239,7 @@ impl Tree {
         let now = self.children(&folder)?;
         if self.generation(rel, &now) != listed {
             return Err(Error::Changed {
-                path: self.root.join(rel),
+                path: self.images.path(rel),
             });
         }
         Ok(())

@@ -4,8 +4,11 @@
 
 mod attr;
 mod entry;
+mod files;
 mod freshness;
 mod handles;
+mod hashing;
+mod images;
 mod inodes;
 mod listing;
 mod memo;
@@ -14,78 +17,34 @@ mod seek;
 mod stream;
 mod sums;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::SystemTime;
-
-use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::image::OpenOptions;
-pub use attr::{Attr, Kind};
-use entry::{ImageEntry, Stamp};
-pub use handles::Caching;
-use handles::Handle;
+use freshness::Freshness;
+pub use freshness::{LISTED_FOLDERS, SHOWN_FILES};
+use handles::Handles;
+pub use handles::{Caching, DirEntry};
+use hashing::Hashing;
+use images::Images;
+pub use images::TreeOptions;
 use inodes::Inodes;
 pub use inodes::ROOT_INO;
 use node::Node;
+pub use node::{Attr, Kind};
 
-/// One entry of a folder listing: inode, kind, name.
-pub type DirEntry = (u64, Kind, std::ffi::OsString);
-
-/// How the tree is served.
-#[derive(Clone)]
-pub struct TreeOptions {
-    /// Cache budget in bytes.
-    pub cache_bytes: u64,
-    /// Follow backing files outside IMAGE_DIR.
-    pub allow_outside_backing: bool,
-    /// Serve the active state of images another program has open for
-    /// writing (their bytes may change under the reader).
-    pub force_share: bool,
-}
-
-/// The tree over one IMAGE_DIR.
+/// The tree over one IMAGE_DIR, in parts that each own their state and
+/// lock: the tree's methods call the parts, and no part calls the tree.
 pub struct Tree {
-    root: PathBuf,
-    opts: OpenOptions,
+    /// IMAGE_DIR, and the current opening of each image in it.
+    images: Images,
     inodes: Inodes,
-    /// Memo caches: states, cluster maps, layer plans.
-    memos: Arc<memo::Memos>,
+    /// Open files and folders.
+    handles: Handles,
     /// Digests of chain folder files, for `SHA256SUMS`.
-    digests: Arc<sums::Digests>,
-    /// Chain folder files that an open which hashed them did not read from
-    /// start to end: read through the page cache from then on.
-    scattered: Mutex<std::collections::HashSet<Node>>,
-    images: Mutex<HashMap<PathBuf, Arc<ImageEntry>>>,
-    handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
-    /// Per file inode, the stamps of its sources at its last open: the
-    /// kernel's cached pages of the file hold bytes of that version.
-    cached: Mutex<HashMap<u64, Vec<Stamp>>>,
-    /// Per path of a chain folder file, what it was and the mtime last
-    /// shown for it (a few hundred bytes per file of a chain folder).
-    /// Bounded: an entry matters only for a path shown again soon after
-    /// a change, and the oldest are let go past [`SHOWN_FILES`].
-    shown: Mutex<lru::LruCache<PathBuf, (freshness::Shown, SystemTime)>>,
-    /// Per (process, chain folder inode), the folder's generation when the
-    /// process listed it (see `Tree::check_listed`); the latest
-    /// [`LISTED_FOLDERS`] listings are kept.
-    listed: Mutex<lru::LruCache<(u32, u64), u64>>,
-    /// Open folder handles and the entries each took at opendir.
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
-    next_fh: AtomicU64,
-    force_share: bool,
+    hashing: Hashing,
+    /// What was shown: mtimes, the sources of cached pages, listings.
+    freshness: Freshness,
 }
-
-/// Files whose last shown mtime is remembered for the rsync rule (a few
-/// hundred bytes each).
-pub const SHOWN_FILES: usize = 16384;
-
-/// Listings of chain folders remembered for the whole-folder rule: enough
-/// for every copy under way on a host at once, 32 bytes each.
-pub const LISTED_FOLDERS: usize = 4096;
 
 impl Tree {
     /// A tree over `root` (which must be a folder).
@@ -94,30 +53,12 @@ impl Tree {
         if !root.is_dir() {
             return Err(Error::NotADirectory);
         }
-        let mut opts = OpenOptions::new(t.cache_bytes);
-        if !t.allow_outside_backing {
-            opts.backing_root = Some(root.clone());
-        }
-        let root_node = Node::Dir(PathBuf::new());
         Ok(Tree {
-            root,
-            opts,
-            inodes: Inodes::new(root_node),
-            digests: sums::digests(),
-            scattered: Mutex::new(Default::default()),
-            memos: Arc::new(memo::Memos::new(crate::cache::memo_budget(t.cache_bytes))),
-            images: Mutex::new(HashMap::new()),
-            handles: Mutex::new(HashMap::new()),
-            cached: Mutex::new(HashMap::new()),
-            shown: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(SHOWN_FILES).unwrap_or(std::num::NonZeroUsize::MIN),
-            )),
-            listed: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(LISTED_FOLDERS).unwrap_or(std::num::NonZeroUsize::MIN),
-            )),
-            dirs: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
-            force_share: t.force_share,
+            images: Images::new(root, t),
+            inodes: Inodes::new(Node::Dir(PathBuf::new())),
+            handles: Handles::new(),
+            hashing: Hashing::default(),
+            freshness: Freshness::new(),
         })
     }
 
@@ -125,18 +66,7 @@ impl Tree {
     pub fn forget(&self, ino: u64, n: u64) {
         if self.inodes.forget(ino, n) {
             // Its pages went with it.
-            self.cached.lock().remove(&ino);
-        }
-    }
-
-    /// Whether the image at `rel` is served as at rest, or as in use by
-    /// another writer (a running VM): then its chains hold its snapshots
-    /// only. With --force-share, always as at rest.
-    pub(super) fn use_of(&self, rel: &Path) -> crate::chain::Use {
-        if !self.force_share && crate::image::lock::in_use(&self.root.join(rel)) {
-            crate::chain::Use::Written
-        } else {
-            crate::chain::Use::Rest
+            self.freshness.forget(ino);
         }
     }
 
@@ -148,13 +78,13 @@ impl Tree {
 
     /// Figures for statfs: (total 512-byte blocks of IMAGE_DIR's file system, files).
     pub fn statfs(&self) -> (u64, u64) {
-        match nix::sys::statvfs::statvfs(&self.root) {
+        match nix::sys::statvfs::statvfs(self.images.root()) {
             Ok(s) => (
                 s.blocks() * s.fragment_size() / 512,
                 self.inodes.len() as u64,
             ),
             Err(e) => {
-                log::debug!("statvfs {}: {e}", self.root.display());
+                log::debug!("statvfs {}: {e}", self.images.root().display());
                 (0, 0)
             }
         }

@@ -2,7 +2,10 @@
 //! snapshot's identity, the states a layer is built from), never by a
 //! position in a table, so that a reopened image keeps its nodes.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::chain::Direction;
 use crate::layer::BackingRef;
@@ -146,4 +149,52 @@ pub(super) fn shown_path(node: &Node) -> Option<PathBuf> {
         _ => return None,
     };
     Some(rel.join(dir.folder_name()).join(name))
+}
+
+/// The files a folder lists, and by name (a few hundred bytes per
+/// file, kept per opening of the image).
+pub(super) struct Listing {
+    /// Layers, backing files, the manifest.
+    pub(super) files: Vec<(OsString, Node)>,
+    /// The checksum files.
+    pub(super) sums: Vec<(OsString, Node)>,
+    /// Every one of them by name.
+    pub(super) by_name: HashMap<OsString, Node>,
+}
+
+/// File or folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A folder.
+    Dir,
+    /// A regular file.
+    File,
+}
+
+/// The attributes of a node.
+#[derive(Clone, Debug)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// File or folder.
+    pub kind: Kind,
+    /// Size in bytes.
+    pub size: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    /// Modification time.
+    pub mtime: SystemTime,
+    /// True for what may be trusted for a while: attributes of files whose
+    /// bytes cannot change while they exist (snapshot views and layers
+    /// built only from snapshots, of an image with no backing file: nothing
+    /// else they read from can change), and folders (their listings are
+    /// always read afresh). Every other file must be asked for afresh. A
+    /// file's name is never trusted: it is looked up afresh each time.
+    pub fixed: bool,
+    /// Permission bits (never a write bit).
+    pub perm: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
 }

@@ -9,7 +9,7 @@ impl Tree {
     /// Zero extents count as holes. Returns None (ENXIO) past the end or
     /// when no data follows.
     pub fn seek(&self, fh: u64, offset: u64, data: bool) -> Result<Option<u64>> {
-        let h = self.handle(fh)?;
+        let h = self.handles.file(fh)?;
         let (view, _) = self.current_view(&h)?;
         let size = view.size();
         let mut found = None;

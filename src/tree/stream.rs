@@ -22,9 +22,6 @@ const MAX_PENDING_BYTES: usize = 16 << 20;
 /// before a read is checked for a hole.
 const HOLE_WINDOW: u64 = 64 << 20;
 
-/// Bytes held by every [`StreamHash`] at once.
-static PENDING_BYTES: AtomicUsize = AtomicUsize::new(0);
-
 /// Chunks queued for a hashing thread (reads of a mounted file wait to be
 /// hashed).
 const HASH_QUEUE: usize = 4;
@@ -33,7 +30,15 @@ const HASH_QUEUE: usize = 4;
 /// it is hashed when the sums are read instead.
 const MAX_HASH_THREADS: usize = 16;
 
-static HASH_THREADS: AtomicUsize = AtomicUsize::new(0);
+/// What the streaming hashes of one mount hold at once, against
+/// [`MAX_PENDING_BYTES`] and [`MAX_HASH_THREADS`].
+#[derive(Default)]
+pub struct Budget {
+    /// Bytes held by every [`StreamHash`] of the mount.
+    pending: AtomicUsize,
+    /// Hashing threads running.
+    threads: AtomicUsize,
+}
 
 /// A [`StreamHash`] on a thread of its own: reads hand over their bytes and
 /// are answered at once, while SHA-256 runs beside them on another core.
@@ -57,18 +62,20 @@ impl HashThread {
     /// or no thread can be started.
     pub fn start(
         view: Arc<dyn View>,
+        budget: &Arc<Budget>,
         done: Box<dyn FnOnce(Sha256Digest) + Send>,
     ) -> Option<HashThread> {
         let size = view.size();
-        if HASH_THREADS.fetch_add(1, Ordering::Relaxed) >= MAX_HASH_THREADS {
-            HASH_THREADS.fetch_sub(1, Ordering::Relaxed);
+        if budget.threads.fetch_add(1, Ordering::Relaxed) >= MAX_HASH_THREADS {
+            budget.threads.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
+        let held = Arc::clone(budget);
         let (feed, msgs) = mpsc::sync_channel::<HashMsg>(HASH_QUEUE);
         let spawned = std::thread::Builder::new()
             .name("sha256".into())
             .spawn(move || {
-                let mut hash = StreamHash::default();
+                let mut hash = StreamHash::new(Arc::clone(&held));
                 let mut done = Some(done);
                 let mut finish = |hash: &StreamHash| {
                     if let Some(d) = hash.digest(size)
@@ -97,12 +104,13 @@ impl HashThread {
                 // Every handle is closed.
                 hash.fill_holes(&*view, size);
                 finish(&hash);
-                HASH_THREADS.fetch_sub(1, Ordering::Relaxed);
+                drop(hash);
+                held.threads.fetch_sub(1, Ordering::Relaxed);
             });
         match spawned {
             Ok(_) => Some(HashThread { feed, size }),
             Err(_) => {
-                HASH_THREADS.fetch_sub(1, Ordering::Relaxed);
+                budget.threads.fetch_sub(1, Ordering::Relaxed);
                 None
             }
         }
@@ -135,17 +143,7 @@ pub struct StreamHash {
     /// buffers they hold count against [`MAX_PENDING_BYTES`].
     pending: BTreeMap<u64, ReadBytes>,
     given_up: bool,
-}
-
-impl Default for StreamHash {
-    fn default() -> Self {
-        StreamHash {
-            sha: Sha256::new(),
-            upto: 0,
-            pending: BTreeMap::new(),
-            given_up: false,
-        }
-    }
+    budget: Arc<Budget>,
 }
 
 impl Drop for StreamHash {
@@ -155,6 +153,17 @@ impl Drop for StreamHash {
 }
 
 impl StreamHash {
+    /// A hash of nothing yet, holding reads against `budget`.
+    pub fn new(budget: Arc<Budget>) -> StreamHash {
+        StreamHash {
+            sha: Sha256::new(),
+            upto: 0,
+            pending: BTreeMap::new(),
+            given_up: false,
+            budget,
+        }
+    }
+
     /// Take the bytes a read returned at `offset`.
     pub fn feed(&mut self, offset: u64, bytes: ReadBytes) {
         if self.given_up || bytes.is_empty() {
@@ -166,8 +175,9 @@ impl StreamHash {
         }
         if offset > self.upto {
             let held = bytes.held();
-            if PENDING_BYTES.fetch_add(held, Ordering::Relaxed) + held > MAX_PENDING_BYTES {
-                PENDING_BYTES.fetch_sub(held, Ordering::Relaxed);
+            let pending = &self.budget.pending;
+            if pending.fetch_add(held, Ordering::Relaxed) + held > MAX_PENDING_BYTES {
+                pending.fetch_sub(held, Ordering::Relaxed);
                 self.give_up();
                 return;
             }
@@ -185,7 +195,9 @@ impl StreamHash {
                 break;
             }
             let (at, held) = entry.remove_entry();
-            PENDING_BYTES.fetch_sub(held.held(), Ordering::Relaxed);
+            self.budget
+                .pending
+                .fetch_sub(held.held(), Ordering::Relaxed);
             self.take(at, &held);
         }
     }
@@ -199,7 +211,7 @@ impl StreamHash {
     /// Let go of the reads held, and of their count against the budget.
     fn let_go(&mut self) {
         let held: usize = self.pending.values().map(ReadBytes::held).sum();
-        PENDING_BYTES.fetch_sub(held, Ordering::Relaxed);
+        self.budget.pending.fetch_sub(held, Ordering::Relaxed);
         self.pending.clear();
     }
 
@@ -290,13 +302,13 @@ mod tests {
         data[100..200].fill(0);
         let whole: Sha256Digest = Sha256::digest(&data).into();
         let view = Holed(data.clone());
-        let mut h = StreamHash::default();
+        let mut h = StreamHash::new(Arc::default());
         h.feed(0, ReadBytes::from(data[..100].to_vec()));
         h.fill_holes(&view, 200);
         h.feed(200, ReadBytes::from(data[200..].to_vec()));
         assert_eq!(h.digest(300), Some(whole));
         // A gap that holds data is left for a read to fill.
-        let mut h = StreamHash::default();
+        let mut h = StreamHash::new(Arc::default());
         h.feed(250, ReadBytes::from(data[250..].to_vec()));
         h.fill_holes(&view, 300);
         assert_eq!(h.upto, 0);
@@ -308,7 +320,7 @@ mod tests {
     fn reads_in_any_order_hash_as_the_file() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         let whole: Sha256Digest = Sha256::digest(&data).into();
-        let mut h = StreamHash::default();
+        let mut h = StreamHash::new(Arc::default());
         let part = |r: std::ops::Range<usize>| ReadBytes::from(data[r].to_vec());
         h.feed(4000, part(4000..8000));
         h.feed(0, part(0..3000));

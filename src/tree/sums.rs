@@ -2,58 +2,30 @@
 //! hashed as files are read in full, remembered while their sources are
 //! unchanged.
 
-use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
-
 use super::Tree;
-use super::entry::{ImageEntry, Shown, Stamp};
-use super::handles::Handle;
-use super::node::Node;
-use crate::chain::{self, Direction, Use};
+use super::entry::ImageEntry;
+use super::node::{Listing, Node};
+use crate::chain::sums::{self, SUMS_NAME, Sha256Digest};
+use crate::chain::{self, Direction};
 use crate::error::{Error, Result};
 use crate::parallel::map_side_by_side;
-
-use super::stream::HashThread;
-use crate::chain::sums::{self, SUMS_NAME, Sha256Digest};
 use crate::view::View;
 
-/// Digests of chain folder files, each with the stamps of the sources it
-/// was computed from. One entry per file of a chain folder: bounded by the
-/// images and their snapshots, 100 bytes or so each.
-pub(super) type Digests = Mutex<HashMap<Node, (Vec<Stamp>, Sha256Digest)>>;
+/// How the bytes of a file to hash are read: the tree's resolution of a
+/// node into its view, handed down (the view of `SHA256SUMS` is itself
+/// made of the digests of the others).
+pub(super) type Resolve<'a> = &'a (dyn Fn(&Node) -> Result<Arc<dyn View>> + Sync);
 
 impl Tree {
-    /// What chain folder `dir` of the image at `rel` shows now: in use by
-    /// another writer, only its snapshots (unless --force-share); backing
-    /// files only inside IMAGE_DIR, unless the user allowed more.
-    pub(super) fn folder(
-        &self,
-        e: &ImageEntry,
-        rel: &Path,
-        dir: Direction,
-    ) -> Result<(Arc<Shown>, Use)> {
-        let use_ = self.use_of(rel);
-        Ok((e.folder(dir, use_, self.confine())?, use_))
-    }
-
-    /// Where backing files must resolve to be shown: inside IMAGE_DIR,
-    /// unless the user allowed more.
-    pub(super) fn confine(&self) -> Option<&Path> {
-        self.opts
-            .backing_root
-            .is_some()
-            .then_some(self.root.as_path())
-    }
-
     /// The files of a chain folder other than its checksums, in order:
     /// layers bottom first, the image's backing files, the manifest.
     pub(super) fn chain_files(&self, rel: &Path, dir: Direction) -> Result<Vec<(OsString, Node)>> {
-        let e = self.entry(rel)?;
+        let e = self.images.entry(rel)?;
         Ok(self.listing(&e, rel, dir)?.files.clone())
     }
 
@@ -64,7 +36,7 @@ impl Tree {
         rel: &Path,
         dir: Direction,
     ) -> Result<Arc<Listing>> {
-        let use_ = self.use_of(rel);
+        let use_ = self.images.use_of(rel);
         if let Some(l) = e.listings.lock().get(&(dir, use_)) {
             return Ok(Arc::clone(l));
         }
@@ -86,7 +58,7 @@ impl Tree {
         rel: &Path,
         dir: Direction,
     ) -> Result<Vec<(OsString, Node)>> {
-        let (shown, _) = self.folder(e, rel, dir)?;
+        let (shown, _) = self.images.folder(e, rel, dir)?;
         let folder = &shown.folder;
         let mut out = Vec::new();
         for s in &folder.layers {
@@ -146,8 +118,8 @@ impl Tree {
     /// The file of `incremental/` that `FILE.sha256` is for, and the name a
     /// replica keeps it by.
     fn summed(&self, rel: &Path, file: &str) -> Result<(Node, String)> {
-        let e = self.entry(rel)?;
-        let (shown, _) = self.folder(&e, rel, Direction::Incremental)?;
+        let e = self.images.entry(rel)?;
+        let (shown, _) = self.images.folder(&e, rel, Direction::Incremental)?;
         let folder = &shown.folder;
         let node = self
             .listing(&e, rel, Direction::Incremental)?
@@ -167,9 +139,15 @@ impl Tree {
 
     /// The bytes of `FILE.sha256`: the file's digest (hashed now, unless a
     /// read of it in full did), under the name a replica keeps it by.
-    pub(super) fn file_sum_bytes(&self, e: &ImageEntry, rel: &Path, file: &str) -> Result<Vec<u8>> {
+    pub(super) fn file_sum_bytes(
+        &self,
+        e: &ImageEntry,
+        rel: &Path,
+        file: &str,
+        resolve: Resolve,
+    ) -> Result<Vec<u8>> {
         let (node, name) = self.summed(rel, file)?;
-        let d = self.digest(e, &node)?;
+        let d = self.digest(e, &node, resolve)?;
         Ok(sums::text(&[(name, d)]).into_bytes())
     }
 
@@ -188,7 +166,7 @@ impl Tree {
         let mut mtime = e.meta.modified().unwrap_or(UNIX_EPOCH);
         // The layers' dates from their specs directly (the listing named
         // them by key; looking each key up again would be quadratic).
-        for spec in &self.folder(e, rel, dir)?.0.folder.layers {
+        for spec in &self.images.folder(e, rel, dir)?.0.folder.layers {
             mtime = mtime.max(e.layer_time(spec)?);
         }
         for (_, node) in &files {
@@ -203,9 +181,15 @@ impl Tree {
     /// The bytes of `SHA256SUMS`, hashing whatever was not hashed yet: the
     /// files are hashed side by side, one per core (a reader that takes
     /// `SHA256SUMS` first, as rsync does, waits for all of them).
-    pub(super) fn sums_bytes(&self, e: &ImageEntry, rel: &Path, dir: Direction) -> Result<Vec<u8>> {
+    pub(super) fn sums_bytes(
+        &self,
+        e: &ImageEntry,
+        rel: &Path,
+        dir: Direction,
+        resolve: Resolve,
+    ) -> Result<Vec<u8>> {
         let files = self.chain_files(rel, dir)?;
-        let digest = |(_, node): &(OsString, Node)| self.digest(e, node);
+        let digest = |(_, node): &(OsString, Node)| self.digest(e, node, resolve);
         let unknown = files
             .iter()
             .filter(|(_, node)| self.known_digest(e, node).is_none())
@@ -225,92 +209,22 @@ impl Tree {
     /// The digest of a chain folder file, if it is remembered for its
     /// sources as they are now.
     fn known_digest(&self, e: &ImageEntry, node: &Node) -> Option<Sha256Digest> {
-        let stamps = self.source_stamps(node, Some(e))?;
-        match self.digests.lock().get(node) {
-            Some((known, d)) if *known == stamps => Some(*d),
-            _ => None,
-        }
+        let stamps = self.images.source_stamps(node, Some(e))?;
+        self.hashing.known(node, &stamps)
     }
 
-    /// The digest of one chain folder file, remembered or computed.
-    fn digest(&self, e: &ImageEntry, node: &Node) -> Result<Sha256Digest> {
+    /// The digest of one chain folder file, remembered or computed, its
+    /// bytes read through `resolve`.
+    fn digest(&self, e: &ImageEntry, node: &Node, resolve: Resolve) -> Result<Sha256Digest> {
         if let Some(d) = self.known_digest(e, node) {
             return Ok(d);
         }
-        let stamps = self.source_stamps(node, Some(e));
-        let (view, _) = self.view(node)?;
+        let stamps = self.images.source_stamps(node, Some(e));
+        let view = resolve(node)?;
         let d = sums::hash_view(&*view)?;
         if let Some(s) = stamps {
-            self.digests.lock().insert(node.clone(), (s, d));
+            self.hashing.remember(node, s, d);
         }
         Ok(d)
     }
-
-    /// Hashing for a handle of a file that `SHA256SUMS` lists: what is read
-    /// of it is hashed on a thread of its own, and once the whole file was
-    /// read, its digest is remembered, unless its sources changed meanwhile.
-    pub(super) fn start_hashing(
-        &self,
-        node: &Node,
-        e: Option<&ImageEntry>,
-        view: &Arc<dyn View>,
-    ) -> Option<HashThread> {
-        if !matches!(node, Node::Layer(..) | Node::Pass(..) | Node::Manifest(..)) {
-            return None;
-        }
-        // incremental/'s INDEX has no checksum file.
-        if matches!(node, Node::Manifest(_, Direction::Incremental)) {
-            return None;
-        }
-        let sources = self.sources(node, e)?;
-        let stamps = sources.stamps()?;
-        let known = self
-            .digests
-            .lock()
-            .get(node)
-            .is_some_and(|(s, _)| *s == stamps);
-        if known {
-            return None;
-        }
-        let digests = Arc::clone(&self.digests);
-        let node = node.clone();
-        HashThread::start(
-            Arc::clone(view),
-            Box::new(move |d| {
-                if sources.stamps().as_ref() == Some(&stamps) {
-                    digests.lock().insert(node, (stamps, d));
-                }
-            }),
-        )
-    }
-
-    /// Whether every open of `node` that hashed it read it in full.
-    pub(super) fn read_in_full_so_far(&self, node: &Node) -> bool {
-        !self.scattered.lock().contains(node)
-    }
-
-    /// A handle is closed: if it hashed its file and the digest is still not
-    /// known, its reader went about the file some other way than a copy.
-    pub(super) fn hashing_ended(&self, h: &Handle) {
-        if h.hashing.is_some() && !self.digests.lock().contains_key(&h.node) {
-            log::debug!("{:?}: closed before it was read in full", h.node);
-            self.scattered.lock().insert(h.node.clone());
-        }
-    }
-}
-
-/// The files a chain folder lists, and by name (a few hundred bytes per
-/// file, kept per opening of the image).
-pub(super) struct Listing {
-    /// Layers, backing files, the manifest.
-    pub(super) files: Vec<(OsString, Node)>,
-    /// The checksum files.
-    pub(super) sums: Vec<(OsString, Node)>,
-    /// Every one of them by name.
-    pub(super) by_name: HashMap<OsString, Node>,
-}
-
-/// A new, empty digest memo.
-pub(super) fn digests() -> Arc<Digests> {
-    Arc::new(Mutex::new(HashMap::new()))
 }
