@@ -22,7 +22,5 @@ pub mod tree;
 pub mod view;
 
 pub use error::{Error, Result};
-pub use fuse::mount;
-pub use image::lock;
 pub use image::{Image, OpenOptions, State, StateId, VmState};
 pub use view::{Extent, ExtentKind, View};

@@ -13,7 +13,7 @@ use qcow2fs::chain::{self, Direction};
 use qcow2fs::check::{check_json, check_text};
 use qcow2fs::cli::{Cli, Command, Output, outdir};
 use qcow2fs::error::io_reason;
-use qcow2fs::mount::{self, mount};
+use qcow2fs::fuse::mount::{self, mount};
 use qcow2fs::report::Info;
 use qcow2fs::{Image, OpenOptions};
 
@@ -258,7 +258,7 @@ fn export(path: &Path, out: &Path, forward: bool, force: bool, force_share: bool
     };
     // An image a running VM writes: its snapshots, which do not change
     // under us, unless the live state is asked for.
-    let use_ = if !force_share && qcow2fs::lock::in_use(path) {
+    let use_ = if !force_share && qcow2fs::image::lock::in_use(path) {
         eprintln!(
             "qcow2fs: {} is in use by another program (a running VM): writing its snapshots only (--force-share writes the live state too)",
             path.display()

@@ -277,7 +277,7 @@ fn an_image_open_for_writing_is_reported_in_use() {
     let d = scratch();
     let img = at(d.path(), "busy.qcow2");
     create(&img, "1M", "");
-    assert!(!qcow2fs::lock::in_use(&img));
+    assert!(!qcow2fs::image::lock::in_use(&img));
     // qemu-io keeps the image open (and locked) while it waits for commands.
     let mut child = std::process::Command::new("qemu-io")
         .args(["-f", "qcow2", img.to_str().unwrap()])
@@ -286,7 +286,7 @@ fn an_image_open_for_writing_is_reported_in_use() {
         .spawn()
         .unwrap();
     let t = std::time::Instant::now();
-    while !qcow2fs::lock::in_use(&img) {
+    while !qcow2fs::image::lock::in_use(&img) {
         assert!(t.elapsed().as_secs() < 10, "lock never seen");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
@@ -294,7 +294,7 @@ fn an_image_open_for_writing_is_reported_in_use() {
     assert!(text.contains("in use: yes"), "{text}");
     drop(child.stdin.take());
     child.wait().unwrap();
-    assert!(!qcow2fs::lock::in_use(&img));
+    assert!(!qcow2fs::image::lock::in_use(&img));
 }
 
 /// An example program built next to this test binary (built now when

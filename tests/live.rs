@@ -41,7 +41,7 @@ fn an_image_in_use_serves_snapshots_and_active_only_with_force_share() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("the lock", || qcow2fs::lock::in_use(&img));
+    wait_until("the lock", || qcow2fs::image::lock::in_use(&img));
     let e = std::fs::read(m.path("vm.qcow2/active.raw")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EBUSY));
     // The chain folders hold the snapshots only: no active layer.

@@ -1,5 +1,5 @@
 //! The tree a mount shows: IMAGE_DIR mirrored, every qcow2 image a folder of
-//! views. This module knows nothing of FUSE; the adapter in `fuse.rs` turns
+//! views. This module knows nothing of FUSE; the adapter in `fuse/` turns
 //! requests into calls here, and tests drive it directly.
 
 mod attr;
