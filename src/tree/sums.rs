@@ -150,10 +150,7 @@ impl Tree {
         let folder = &shown.folder;
         let node = self
             .listing(&e, rel, Direction::Incremental)?
-            .by_name
-            .get(OsStr::new(file))
-            .cloned()
-            .ok_or_else(|| Error::NotFound { name: file.into() })?;
+            .named(OsStr::new(file))?;
         let spec = folder.layers.iter().find(|s| s.file_name == file);
         Ok((node, chain::replica_name(e.image()?, spec, file)))
     }
@@ -307,6 +304,18 @@ pub(super) struct Listing {
     pub(super) sums: Vec<(OsString, Node)>,
     /// Every one of them by name.
     pub(super) by_name: HashMap<OsString, Node>,
+}
+
+impl Listing {
+    /// The node listed under `name`.
+    pub(super) fn named(&self, name: &OsStr) -> Result<Node> {
+        self.by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                name: name.to_string_lossy().into(),
+            })
+    }
 }
 
 /// A new, empty digest memo.
