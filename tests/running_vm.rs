@@ -278,3 +278,42 @@ fn a_running_vm_is_backed_up_whole_and_verifies() {
     assert!(ok, "{out}");
     assert_copy_restores(&s.join("fwd-after"), &oracles, Some(&active));
 }
+
+#[test]
+fn with_force_share_a_copy_racing_writes_is_one_state_or_fails() {
+    let (d, src) = scratch_images();
+    let s = d.path();
+    let img = src.join("vm.qcow2");
+    create(&img, "64M", "");
+    let mut vm = Vm::start(&img);
+    vm.write(0x11, 0, 16 << 20);
+    vm.savevm("mon");
+    vm.write(0x22, 8 << 20, 16 << 20);
+    let m = Mount::new(&src, &s.join("mnt"), &["--force-share"]);
+    assert!(names_in(&m.path("vm.qcow2/forward")).contains(&"active.qcow2".to_string()));
+    let (mut whole, mut failed) = (0, 0);
+    for round in 0..5u64 {
+        let from = m.path("vm.qcow2/forward");
+        let copy = s.join(format!("copy{round}"));
+        let (from2, copy2) = (from.clone(), copy.clone());
+        let t = std::thread::spawn(move || cp_r(&from2, &copy2));
+        for i in 0..8u64 {
+            vm.write(0x30 + round as u8, (40 << 20) + i * (256 << 10), 256 << 10);
+        }
+        let (ok, msg) = t.join().unwrap();
+        if ok {
+            // SHA256SUMS is of the same state as the files beside it.
+            let (ok, out) = status("sha256sum", &["-c", "--quiet", "SHA256SUMS"], Some(&copy));
+            assert!(
+                ok,
+                "round {round}: a copy that exited 0 does not verify: {out}"
+            );
+            whole += 1;
+        } else {
+            assert!(msg.contains("Stale file handle"), "round {round}: {msg}");
+            failed += 1;
+        }
+    }
+    println!("{whole} copies of forward/ racing writes whole, {failed} failed with ESTALE");
+    vm.quit();
+}

@@ -207,6 +207,22 @@ impl Filesystem for Fs {
         reply.ok();
     }
 
+    /// No file here is a terminal or a device: "not a typewriter", as a
+    /// regular file answers (tools ask TCGETS of files they read).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     /// Nothing is ever written, so there is nothing to sync: success.
     fn fsync(
         &self,

@@ -135,23 +135,11 @@ impl Tree {
             // Generated folders: by name, from the listing kept.
             Node::ChainDir(rel, dir) => {
                 let e = self.images.entry(rel)?;
-                self.listing(&e, rel, *dir)?
-                    .by_name
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| Error::NotFound {
-                        name: name.to_string_lossy().into(),
-                    })?
+                self.listing(&e, rel, *dir)?.named(name)?
             }
             Node::SnapDir(rel) => {
                 let e = self.images.entry(rel)?;
-                self.snap_listing(&e, rel)?
-                    .by_name
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| Error::NotFound {
-                        name: name.to_string_lossy().into(),
-                    })?
+                self.snap_listing(&e, rel)?.named(name)?
             }
             _ => self
                 .children(&p)?

@@ -3,11 +3,12 @@
 //! position in a table, so that a reopened image keeps its nodes.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::chain::Direction;
+use crate::error::{Error, Result};
 use crate::layer::BackingRef;
 use crate::qcow2::snapshot::Snapshot;
 
@@ -160,6 +161,18 @@ pub(super) struct Listing {
     pub(super) sums: Vec<(OsString, Node)>,
     /// Every one of them by name.
     pub(super) by_name: HashMap<OsString, Node>,
+}
+
+impl Listing {
+    /// The node listed under `name`.
+    pub(super) fn named(&self, name: &OsStr) -> Result<Node> {
+        self.by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                name: name.to_string_lossy().into(),
+            })
+    }
 }
 
 /// File or folder.

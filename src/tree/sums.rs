@@ -12,7 +12,7 @@ use super::entry::ImageEntry;
 use super::node::{Listing, Node};
 use crate::chain::sums::{self, SUMS_NAME, Sha256Digest};
 use crate::chain::{self, Direction};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::parallel::map_side_by_side;
 use crate::view::View;
 
@@ -123,10 +123,7 @@ impl Tree {
         let folder = &shown.folder;
         let node = self
             .listing(&e, rel, Direction::Incremental)?
-            .by_name
-            .get(OsStr::new(file))
-            .cloned()
-            .ok_or_else(|| Error::NotFound { name: file.into() })?;
+            .named(OsStr::new(file))?;
         let spec = folder.layers.iter().find(|s| s.file_name == file);
         Ok((node, chain::replica_name(e.image()?, spec, file)))
     }
