@@ -156,7 +156,7 @@ impl Tree {
 
     /// 512-byte blocks holding data in a state, from its extent map.
     fn blocks(&self, e: &ImageEntry, which: StateId) -> Result<u64> {
-        if let Some(&b) = e.blocks.lock().get(&which) {
+        if let Some(&b) = e.kept.blocks.lock().get(&which) {
             return Ok(b);
         }
         let v = e.state(which)?;
@@ -171,7 +171,7 @@ impl Tree {
             return Ok(v.size().div_ceil(512));
         }
         let b = data.div_ceil(512);
-        e.blocks.lock().insert(which, b);
+        e.kept.blocks.lock().insert(which, b);
         Ok(b)
     }
 }

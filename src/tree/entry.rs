@@ -62,7 +62,7 @@ pub(super) struct Shown {
 pub(super) type Manifest = Arc<Vec<u8>>;
 
 /// One opening of an image, valid while its stamp and its backing files'
-/// stamps are.
+/// stamps are: what the image is, and what is kept of it.
 pub(super) struct ImageEntry {
     pub(super) stamp: Stamp,
     /// The stamps of its backing files at this opening: a backing file
@@ -72,31 +72,43 @@ pub(super) struct ImageEntry {
     /// The image file, as resolved at this opening.
     pub(super) path: PathBuf,
     pub(super) image: std::result::Result<Arc<Image>, Arc<Error>>,
+    /// Its snapshots' names as file names.
     pub(super) stems: Vec<String>,
-    /// The `info` report (text, JSON), once gathered, per use of the image
-    /// (an image in use plans its chains without the active state).
-    pub(super) info: Mutex<HashMap<Use, Arc<(String, String)>>>,
+    /// The files of its backing chain, top first.
+    pub(super) backing_files: Vec<chain::BackingFile>,
     /// The mount's memo caches (shared by every image).
     pub(super) memos: Arc<Memos>,
+    /// What is worked out of this opening once.
+    pub(super) kept: Kept,
+    /// Whether a failure to serve it was logged.
+    pub(super) logged: AtomicBool,
+}
+
+/// What is worked out of an opening once and kept while it is current,
+/// outside the memo budget: a few numbers and names per state, layer and
+/// chain folder file.
+#[derive(Default)]
+pub(super) struct Kept {
+    /// The `info` report (text, JSON), once gathered, per use of the image
+    /// (an image in use plans its chains without the active state).
+    info: Mutex<HashMap<Use, Arc<(String, String)>>>,
     /// st_blocks per state, once counted (a number per state).
     pub(super) blocks: Mutex<HashMap<StateId, u64>>,
     /// States that could not be opened, and why (one entry per state).
-    pub(super) failed_states: Mutex<HashMap<StateId, Arc<Error>>>,
+    failed_states: Mutex<HashMap<StateId, Arc<Error>>>,
     /// Layer sizes, once planned (a number per layer), so that a stat never
     /// waits for a plan that the memo budget let go.
-    pub(super) layer_sizes: Mutex<HashMap<LayerSpec, u64>>,
-    pub(super) manifests: Mutex<HashMap<(Direction, Use), Manifest>>,
-    pub(super) backing_files: OnceLock<Vec<chain::BackingFile>>,
+    layer_sizes: Mutex<HashMap<LayerSpec, u64>>,
+    manifests: Mutex<HashMap<(Direction, Use), Manifest>>,
     /// What each chain folder shows, once worked out, per use.
-    pub(super) folders: Mutex<HashMap<(Direction, Use), Arc<Shown>>>,
+    folders: Mutex<HashMap<(Direction, Use), Arc<Shown>>>,
     /// Their listings, per use.
     pub(super) listings: Mutex<HashMap<(Direction, Use), Arc<Listing>>>,
     /// The listing of `snapshots/`, once made.
     pub(super) snap_listing: OnceLock<Arc<Listing>>,
-    /// How many of them, from the top, a chain folder shows (those inside
-    /// IMAGE_DIR, unless the user allowed more).
-    pub(super) shown_depth: OnceLock<usize>,
-    pub(super) logged: AtomicBool,
+    /// How many of the backing files, from the top, a chain folder shows
+    /// (those inside IMAGE_DIR, unless the user allowed more).
+    shown_depth: OnceLock<usize>,
 }
 
 /// The stamps of backing files (a file that cannot be examined counts as
@@ -114,13 +126,9 @@ impl ImageEntry {
         stamps_of(self.backing_files()) == self.backing_stamps
     }
 
-    /// The files of the image's backing chain, as resolved at this opening
-    /// (read once: each is opened to find the next).
+    /// The files of the image's backing chain, as resolved at this opening.
     pub(super) fn backing_files(&self) -> &[chain::BackingFile] {
-        self.backing_files.get_or_init(|| match &self.image {
-            Ok(img) => chain::backing_chain(img),
-            Err(_) => Vec::new(),
-        })
+        &self.backing_files
     }
 
     /// What chain folder `dir` holds in `use_`, its backing files cut to
@@ -132,12 +140,12 @@ impl ImageEntry {
         use_: Use,
         root: Option<&Path>,
     ) -> Result<Arc<Shown>> {
-        if let Some(f) = self.folders.lock().get(&(dir, use_)) {
+        if let Some(f) = self.kept.folders.lock().get(&(dir, use_)) {
             return Ok(Arc::clone(f));
         }
         let img = self.image()?;
         let mut f = chain::folder(img, dir, use_, self.backing_files());
-        let depth = *self.shown_depth.get_or_init(|| {
+        let depth = *self.kept.shown_depth.get_or_init(|| {
             self.backing_files()
                 .iter()
                 .take_while(|p| {
@@ -151,7 +159,10 @@ impl ImageEntry {
             by_key.insert(self.layer_key(s)?, i);
         }
         let shown = Arc::new(Shown { folder: f, by_key });
-        self.folders.lock().insert((dir, use_), Arc::clone(&shown));
+        self.kept
+            .folders
+            .lock()
+            .insert((dir, use_), Arc::clone(&shown));
         Ok(shown)
     }
 
@@ -172,7 +183,7 @@ impl ImageEntry {
 
     pub(super) fn state(&self, which: StateId) -> Result<Arc<State>> {
         let img = self.image()?;
-        if let Some(e) = self.failed_states.lock().get(&which) {
+        if let Some(e) = self.kept.failed_states.lock().get(&which) {
             return Err(Error::Again(Arc::clone(e)));
         }
         self.memos
@@ -182,13 +193,13 @@ impl ImageEntry {
                 // A state that cannot be opened stays so while the image is
                 // unchanged: remember why, rather than read its L1 table again.
                 let e = Arc::new(e);
-                self.failed_states.lock().insert(which, Arc::clone(&e));
+                self.kept.failed_states.lock().insert(which, Arc::clone(&e));
                 Error::Again(e)
             })
     }
 
     pub(super) fn info(&self, path: &Path, use_: Use) -> Arc<(String, String)> {
-        if let Some(i) = self.info.lock().get(&use_) {
+        if let Some(i) = self.kept.info.lock().get(&use_) {
             return Arc::clone(i);
         }
         let info = Arc::new({
@@ -208,7 +219,7 @@ impl ImageEntry {
                     })
             })
         });
-        self.info.lock().insert(use_, Arc::clone(&info));
+        self.kept.info.lock().insert(use_, Arc::clone(&info));
         info
     }
 
@@ -283,13 +294,16 @@ impl ImageEntry {
             .get_or_load((img.id(), spec.clone()), || {
                 chain::build_with(img, spec, &map)
             })?;
-        self.layer_sizes.lock().insert(spec.clone(), layer.size());
+        self.kept
+            .layer_sizes
+            .lock()
+            .insert(spec.clone(), layer.size());
         Ok(layer)
     }
 
     /// A layer's size, planning it only if it was never planned.
     pub(super) fn layer_size(&self, spec: &LayerSpec) -> Result<u64> {
-        if let Some(&n) = self.layer_sizes.lock().get(spec) {
+        if let Some(&n) = self.kept.layer_sizes.lock().get(spec) {
             return Ok(n);
         }
         Ok(self.layer(spec)?.size())
@@ -303,7 +317,7 @@ impl ImageEntry {
         folder: &chain::Folder,
         use_: Use,
     ) -> Result<Arc<Vec<u8>>> {
-        if let Some(m) = self.manifests.lock().get(&(dir, use_)) {
+        if let Some(m) = self.kept.manifests.lock().get(&(dir, use_)) {
             return Ok(Arc::clone(m));
         }
         let img = self.image()?;
@@ -317,7 +331,10 @@ impl ImageEntry {
                 .collect::<Result<Vec<_>>>()?,
         };
         let m = Arc::new(chain::manifest_bytes(img, dir, folder, &figures));
-        self.manifests.lock().insert((dir, use_), Arc::clone(&m));
+        self.kept
+            .manifests
+            .lock()
+            .insert((dir, use_), Arc::clone(&m));
         Ok(m)
     }
 

@@ -81,13 +81,7 @@ impl Handles {
 
     /// The open file handle `fh`.
     pub(super) fn file(&self, fh: u64) -> Result<Arc<Mutex<Handle>>> {
-        self.files
-            .lock()
-            .get(&fh)
-            .cloned()
-            .ok_or_else(|| Error::NotFound {
-                name: format!("handle {fh}"),
-            })
+        open_handle(&self.files, fh, "handle")
     }
 
     /// Close file handle `fh`; returns it if it was open.
@@ -104,13 +98,7 @@ impl Handles {
 
     /// The entries an open folder handle took.
     pub(super) fn dir(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>> {
-        self.dirs
-            .lock()
-            .get(&fh)
-            .cloned()
-            .ok_or_else(|| Error::NotFound {
-                name: format!("folder handle {fh}"),
-            })
+        open_handle(&self.dirs, fh, "folder handle")
     }
 
     /// Close folder handle `fh`.
@@ -122,4 +110,16 @@ impl Handles {
     pub(super) fn pool(&self) -> &Arc<Pool> {
         &self.pool
     }
+}
+
+/// What open handle `fh` of `handles` holds; NotFound, naming it as `what`,
+/// when it is not open.
+fn open_handle<T: Clone>(handles: &Mutex<HashMap<u64, T>>, fh: u64, what: &str) -> Result<T> {
+    handles
+        .lock()
+        .get(&fh)
+        .cloned()
+        .ok_or_else(|| Error::NotFound {
+            name: format!("{what} {fh}"),
+        })
 }

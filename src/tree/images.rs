@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
-use super::entry::{ImageEntry, Shown, Stamp, stamps_of};
+use super::entry::{ImageEntry, Kept, Shown, Stamp, stamps_of};
 use super::memo::Memos;
 use super::node::{Node, immutable};
 use crate::chain::{self, Direction, Use};
@@ -109,17 +109,9 @@ impl Images {
             path: path.clone(),
             image,
             stems,
-            info: Mutex::new(HashMap::new()),
+            backing_files,
             memos: Arc::clone(&self.memos),
-            blocks: Mutex::new(HashMap::new()),
-            failed_states: Mutex::new(HashMap::new()),
-            layer_sizes: Mutex::new(HashMap::new()),
-            manifests: Mutex::new(HashMap::new()),
-            backing_files: OnceLock::from(backing_files),
-            folders: Mutex::new(HashMap::new()),
-            listings: Mutex::new(HashMap::new()),
-            snap_listing: OnceLock::new(),
-            shown_depth: OnceLock::new(),
+            kept: Kept::default(),
             logged: AtomicBool::new(false),
         });
         if let Err(e) = &entry.image {

@@ -88,7 +88,7 @@ impl Tree {
 
     /// The listing of `snapshots/`, made once per opening of the image.
     fn snap_listing(&self, e: &ImageEntry, rel: &Path) -> Result<Arc<Listing>> {
-        if let Some(l) = e.snap_listing.get() {
+        if let Some(l) = e.kept.snap_listing.get() {
             return Ok(Arc::clone(l));
         }
         let rel = rel.to_path_buf();
@@ -113,7 +113,7 @@ impl Tree {
             sums: Vec::new(),
             by_name,
         });
-        Ok(Arc::clone(e.snap_listing.get_or_init(|| l)))
+        Ok(Arc::clone(e.kept.snap_listing.get_or_init(|| l)))
     }
 
     /// Look `name` up in folder `parent`.

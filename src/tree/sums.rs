@@ -37,7 +37,7 @@ impl Tree {
         dir: Direction,
     ) -> Result<Arc<Listing>> {
         let use_ = self.images.use_of(rel);
-        if let Some(l) = e.listings.lock().get(&(dir, use_)) {
+        if let Some(l) = e.kept.listings.lock().get(&(dir, use_)) {
             return Ok(Arc::clone(l));
         }
         let files = self.list_chain_files(e, rel, dir)?;
@@ -48,7 +48,7 @@ impl Tree {
             sums,
             by_name,
         });
-        e.listings.lock().insert((dir, use_), Arc::clone(&l));
+        e.kept.listings.lock().insert((dir, use_), Arc::clone(&l));
         Ok(l)
     }
 
