@@ -18,6 +18,13 @@ pub fn in_use(path: &Path) -> bool {
     let Ok(f) = crate::source::open_read_only(path) else {
         return false;
     };
+    file_in_use(&f)
+}
+
+/// The same for a file already open (read-only, holding no lock): OFD locks
+/// belong to open file descriptions, so asking through one of ours sees the
+/// writer's lock without opening the file again.
+pub fn file_in_use(f: &std::fs::File) -> bool {
     // Ask whether an exclusive lock on the byte would conflict with anyone.
     let mut fl = libc::flock {
         l_type: libc::F_WRLCK as i16,
@@ -26,6 +33,6 @@ pub fn in_use(path: &Path) -> bool {
         l_len: 1,
         l_pid: 0,
     };
-    let probed = fcntl(&f, FcntlArg::F_OFD_GETLK(&mut fl));
+    let probed = fcntl(f, FcntlArg::F_OFD_GETLK(&mut fl));
     probed.is_ok() && fl.l_type != libc::F_UNLCK as i16
 }

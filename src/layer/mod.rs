@@ -55,10 +55,12 @@ pub struct BackingRef {
 pub struct Layer {
     x: Arc<State>,
     cluster_bits: u32,
-    plan: Vec<PlanRun>,
+    /// The plan and the L2 index, shared by layers of the same states over
+    /// other backing names (see [`Layer::with_backing`]).
+    plan: Arc<Vec<PlanRun>>,
     stats: PlanStats,
     /// L1 indices that have an L2 table, in order.
-    l2_present: Vec<u64>,
+    l2_present: Arc<Vec<u64>>,
     header: Vec<u8>,
     reftable_offset: u64,
     refblocks_offset: u64,
@@ -122,9 +124,9 @@ impl Layer {
         let mut layer = Layer {
             x,
             cluster_bits: cb,
-            plan,
+            plan: Arc::new(plan),
             stats,
-            l2_present,
+            l2_present: Arc::new(l2_present),
             header: Vec::new(),
             reftable_offset,
             refblocks_offset,
@@ -135,25 +137,55 @@ impl Layer {
             total_clusters,
             geo: CompressedGeometry::new(cb),
         };
-        layer.header = LayerHeader {
-            cluster_bits: cb,
-            size: layer.x.size(),
-            l1_size: u32::try_from(l1_size).map_err(|_| Error::TooLarge {
+        layer.header = layer.header_for(backing.as_ref())?;
+        Ok(layer)
+    }
+
+    /// The same layer with another backing file name written into it: the
+    /// plan is shared, only the header is encoded again (a layer's size
+    /// and layout do not depend on the name, which lives in the header
+    /// cluster).
+    pub fn with_backing(&self, backing: Option<&BackingRef>) -> Result<Layer> {
+        let mut layer = Layer {
+            x: Arc::clone(&self.x),
+            cluster_bits: self.cluster_bits,
+            plan: Arc::clone(&self.plan),
+            stats: self.stats,
+            l2_present: Arc::clone(&self.l2_present),
+            header: Vec::new(),
+            reftable_offset: self.reftable_offset,
+            refblocks_offset: self.refblocks_offset,
+            l1_offset: self.l1_offset,
+            l1_size: self.l1_size,
+            l2_offset: self.l2_offset,
+            data_offset: self.data_offset,
+            total_clusters: self.total_clusters,
+            geo: self.geo,
+        };
+        layer.header = layer.header_for(backing)?;
+        Ok(layer)
+    }
+
+    /// The header cluster of this layer over `backing`.
+    fn header_for(&self, backing: Option<&BackingRef>) -> Result<Vec<u8>> {
+        let cs = 1u64 << self.cluster_bits;
+        let rt = (self.refblocks_offset - self.reftable_offset) / cs;
+        LayerHeader {
+            cluster_bits: self.cluster_bits,
+            size: self.x.size(),
+            l1_size: u32::try_from(self.l1_size).map_err(|_| Error::TooLarge {
                 what: "L1 table of a layer",
-                value: l1_size,
+                value: self.l1_size,
                 limit: u64::from(u32::MAX),
             })?,
-            l1_table_offset: l1_offset,
-            refcount_table_offset: reftable_offset,
+            l1_table_offset: self.l1_offset,
+            refcount_table_offset: self.reftable_offset,
             refcount_table_clusters: rt as u32,
             refcount_order: LAYER_REFCOUNT_ORDER,
-            compression_type: h.compression_type,
-            backing: backing
-                .as_ref()
-                .map(|b| (b.name.as_str(), b.format.as_str())),
+            compression_type: self.x.image().header().compression_type,
+            backing: backing.map(|b| (b.name.as_str(), b.format.as_str())),
         }
-        .encode()?;
-        Ok(layer)
+        .encode()
     }
 
     /// What the layer stores: data, compressed and zero clusters.

@@ -288,12 +288,21 @@ impl ImageEntry {
                 .maps
                 .get_or_load((img.id(), w), || ClusterMap::of(&*self.state(w)?))
         };
-        let layer = self
+        // Planned once per pair of states: the layers of one state over
+        // another in forward/ and incremental/ differ only in the names
+        // written into their headers.
+        let states = LayerSpec {
+            file_name: String::new(),
+            backing: None,
+            ..spec.clone()
+        };
+        let plan = self
             .memos
             .layers
-            .get_or_load((img.id(), spec.clone()), || {
-                chain::build_with(img, spec, &map)
+            .get_or_load((img.id(), states.clone()), || {
+                chain::build_with(img, &states, &map)
             })?;
+        let layer = Arc::new(plan.with_backing(spec.backing.as_ref())?);
         self.kept
             .layer_sizes
             .lock()

@@ -146,7 +146,17 @@ impl Images {
     /// another writer (a running VM): then its chains hold its snapshots
     /// only. With --force-share, always as at rest.
     pub(super) fn use_of(&self, rel: &Path) -> crate::chain::Use {
-        if !self.force_share && crate::image::lock::in_use(&self.path(rel)) {
+        if self.force_share {
+            return crate::chain::Use::Rest;
+        }
+        // Through the opening's own descriptor when there is one (callers
+        // have just checked that it is current): no open per request.
+        let open = self.open.lock().get(rel).cloned();
+        let in_use = match open.as_ref().map(|e| &e.image) {
+            Some(Ok(img)) => crate::image::lock::file_in_use(img.file().file()),
+            _ => crate::image::lock::in_use(&self.path(rel)),
+        };
+        if in_use {
             crate::chain::Use::Written
         } else {
             crate::chain::Use::Rest
