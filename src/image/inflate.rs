@@ -6,6 +6,13 @@
 //! and wait between reads: waking a waiting thread takes microseconds,
 //! where starting a new one can take milliseconds (2 ms on the VM of the
 //! benchmark), as long as inflating a whole 1 MiB read.
+//!
+//! Readahead sends several requests at once, each served by a thread of
+//! its own: the work is then spread across the requests already. While
+//! there are as many reads inflating as cores, a read inflates its own
+//! clusters and offers none to the pool, whose threads would only take
+//! turns with the readers on the same cores (and make a reader wait for a
+//! cluster taken by a pool thread that is not running).
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -19,13 +26,36 @@ use crate::qcow2::offsets::HostOffset;
 /// Most threads that inflate one read, the reading thread included.
 const MAX_THREADS: usize = 8;
 
+/// Reads inflating clusters at this moment.
+static READERS: AtomicUsize = AtomicUsize::new(0);
+
+/// One read counted in [`READERS`] while it lives.
+struct Reader;
+
+impl Reader {
+    /// Count a read in, and say how many are inflating with it included.
+    fn enter() -> (Reader, usize) {
+        (Reader, READERS.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        READERS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The inflated bytes of each of `clusters` of `image`, in order.
 pub(super) fn inflate_all(
     image: &Arc<Image>,
     clusters: Vec<(HostOffset, u64)>,
 ) -> Result<Vec<Arc<Vec<u8>>>> {
     let pool = Pool::get();
-    if clusters.len() < 2 || pool.threads == 0 {
+    let (_reader, readers) = Reader::enter();
+    // Every core has a read of its own to inflate (pool.threads is one
+    // fewer than the cores).
+    let cores_busy = readers > pool.threads;
+    if clusters.len() < 2 || pool.threads == 0 || cores_busy {
         return clusters
             .iter()
             .map(|&(host, len)| image.decompressed(host, len))
