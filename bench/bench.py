@@ -202,6 +202,14 @@ def in_turn(fa, fb):
     return statistics.median(a for a, _ in runs), statistics.median(b for _, b in runs), ratios
 
 
+def readahead_kb(mp):
+    """The readahead window of the mount at mp, from its bdi in sysfs."""
+    with open("/proc/self/mountinfo") as f:
+        dev = next(line.split()[2] for line in f if line.split()[4] == mp)
+    with open(f"/sys/class/bdi/{dev}/read_ahead_kb") as f:
+        return int(f.read())
+
+
 def is_mounted(mp):
     with open("/proc/self/mountinfo") as f:
         return any(line.split()[4] == mp for line in f)
@@ -351,6 +359,7 @@ def main():
     mnt = os.path.join(work, "mnt")
     m = Mount(src, mnt)
     view = lambda *p: os.path.join(mnt, *p)
+    print(f"the mount's readahead window: {readahead_kb(mnt)} KiB (read_ahead_kb)", flush=True)
     # Warm the page cache with the sources.
     for f in (base, vm, vmz, vmzs):
         dd(f, direct=False)
