@@ -8,25 +8,36 @@ writes and discards between them, and zlib and zstd variants made with
 measures, median of RUNS (default 5) runs each, with the sources warm in
 the page cache:
 
-  a. first reads (dd bs=1M iflag=direct) of active.raw, a snapshot view and
-     zlib and zstd snapshot views, each on a mount made afresh for the run, against
-     qemu-storage-daemon's FUSE export and qemu-nbd -l + nbdfuse (also
-     started afresh) and qemu-img convert into null-co; then the same reads
-     on a warm mount;
+  a. first reads through the page cache, as users read (dd bs=1M without
+     flags, and cp of a snapshot view to /dev/null), of active.raw, a
+     snapshot view and zlib and zstd snapshot views, each on a mount made
+     afresh for the run, against qemu-storage-daemon's FUSE export and
+     qemu-nbd -l + nbdfuse (also started afresh, also read through the page
+     cache), qemu-img convert into null-co, and cat of the image file from
+     the page cache; ours and the peer's run in turn, ratios pair by pair;
+     then the same with direct I/O (dd iflag=direct); then direct reads on a
+     warm mount;
   b. a second (buffered) read of a snapshot view;
   c. chain/ size against the qemu-img routine's layers; cp -r chain/ from a
-     fresh mount followed by sync, against the routine followed by sync;
-     the same copy without SHA256SUMS; cp -r on a warm mount;
+     fresh mount followed by sync, against the routine followed by sync and
+     against qcow2fs export followed by sync; the same copy without
+     SHA256SUMS; cp -r on a warm mount;
   d. ls -lR of a fresh mount against qemu-img check;
   e. random 4 KiB reads from 4 threads (fio) against the qsd export;
-  f. peak RSS of the mount;
+  f. peak RSS of every mount of the run;
   g. qcow2fs export of chain/ followed by sync, against the routine;
-  h. the zlib view's first read with each of flate2's inflate backends.
+  h. the zlib view's first read with each of flate2's inflate backends;
+  i. a large file read from the ext4 inside a loop-mounted snapshot view,
+     against the same through qemu-nbd -l + nbdfuse.
 
 Run as root from the repository: python3 bench/bench.py
 Needs qemu-utils (qemu-img, qemu-nbd, qemu-storage-daemon), libnbd-bin
-(nbdfuse), fio, fuse3, and cmake for the zlib-ng backend. Environment: RUNS,
-WORKDIR, CACHE (mount cache size).
+(nbdfuse), fio, fuse3, e2fsprogs and util-linux (mkfs.ext4, losetup), and
+cmake for the zlib-ng backend. Environment: RUNS, WORKDIR (images built
+there are kept and used again by the next run with the same WORKDIR),
+CACHE (mount cache size), QCOW2FS (the binary; default the release build
+under CARGO_TARGET_DIR or target/), BACKENDS (inflate backends to compare,
+comma-separated; "none" for none).
 """
 
 import os
@@ -40,7 +51,10 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "qcow2fs")
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+BIN = os.environ.get("QCOW2FS") or os.path.join(TARGET, "release", "qcow2fs")
+BACKENDS = [b for b in os.environ.get("BACKENDS", "zlib-rs,miniz-oxide,zlib,zlib-ng").split(",")
+            if b and b != "none"]
 RUNS = int(os.environ.get("RUNS", "5"))
 CACHE = os.environ.get("CACHE", "64M")
 GIB = 1 << 30
@@ -78,6 +92,11 @@ def build(work):
     vm = os.path.join(work, "images", "vm.qcow2")
     vmz = os.path.join(work, "images", "vmz.qcow2")
     vmzs = os.path.join(work, "images", "vmzs.qcow2")
+    done = os.path.join(work, "images.done")
+    if os.path.exists(done):
+        print("using the images built before in", work, flush=True)
+        return base, vm, vmz, vmzs
+    shutil.rmtree(os.path.dirname(base), ignore_errors=True)
     os.makedirs(os.path.dirname(base), exist_ok=True)
     sh("qemu-img", "create", "-q", "-f", "qcow2", base, str(SIZE))
     qemu_io(base, [f"write -P {i % 250 + 1} {o} {n}" for i, (o, n) in enumerate(extents(rng, 0.22, 4096))])
@@ -113,7 +132,36 @@ def build(work):
             sh("qemu-img", "convert", "-n", "-c", "-f", "raw", "-O", "qcow2", raw, img)
             sh("qemu-img", "snapshot", "-c", f"z{s + 1}", img)
     os.remove(raw)
+    open(done, "w").close()
     return base, vm, vmz, vmzs
+
+
+FS_FILE = "big.bin"
+
+
+def build_fs(work):
+    """A guest disk holding an ext4 file system with one large file (640
+    MiB of text-like data), as qcow2 with a snapshot "f1", in a folder of
+    its own: the image a user loop-mounts to restore files from."""
+    img = os.path.join(work, "images-fs", "fs.qcow2")
+    if os.path.exists(img + ".done"):
+        return img
+    rng = random.Random(7)
+    os.makedirs(os.path.dirname(img), exist_ok=True)
+    tree = os.path.join(work, "fs-tree")
+    os.makedirs(tree, exist_ok=True)
+    block = text_like(rng, 16 * MIB)
+    with open(os.path.join(tree, FS_FILE), "wb") as f:
+        for _ in range(640 // 16):
+            f.write(block)
+    raw = os.path.join(work, "fs.raw")
+    sh("mkfs.ext4", "-q", "-F", "-d", tree, raw, "1G")
+    sh("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, img)
+    sh("qemu-img", "snapshot", "-c", "f1", img)
+    os.remove(raw)
+    shutil.rmtree(tree)
+    open(img + ".done", "w").close()
+    return img
 
 
 def text_like(rng, n):
@@ -143,6 +191,23 @@ def dd(path, direct=True):
     if direct:
         args.append("iflag=direct")
     return timed(*args)
+
+
+def in_turn(fa, fb):
+    """RUNS pairs of timings, a then b in each: (median of a, median of b,
+    the pair ratios b/a sorted). Taking turns keeps a drift of the machine's
+    speed out of the ratio."""
+    runs = [(fa(), fb()) for _ in range(RUNS)]
+    ratios = sorted(b / a for a, b in runs)
+    return statistics.median(a for a, _ in runs), statistics.median(b for _, b in runs), ratios
+
+
+def readahead_kb(mp):
+    """The readahead window of the mount at mp, from its bdi in sysfs."""
+    with open("/proc/self/mountinfo") as f:
+        dev = next(line.split()[2] for line in f if line.split()[4] == mp)
+    with open(f"/sys/class/bdi/{dev}/read_ahead_kb") as f:
+        return int(f.read())
 
 
 def is_mounted(mp):
@@ -176,6 +241,7 @@ class Mount:
         return 0
 
     def stop(self):
+        PEAKS.append(self.peak_rss())
         self.proc.terminate()
         self.proc.wait()
 
@@ -251,6 +317,8 @@ def qemu_img_routine(vm, base, out):
 
 
 MOUNTED = []
+# Peak RSS of every qcow2fs mount of the run, taken as each stops.
+PEAKS = []
 
 
 def cleanup():
@@ -291,48 +359,116 @@ def main():
     mnt = os.path.join(work, "mnt")
     m = Mount(src, mnt)
     view = lambda *p: os.path.join(mnt, *p)
+    print(f"the mount's readahead window: {readahead_kb(mnt)} KiB (read_ahead_kb)", flush=True)
     # Warm the page cache with the sources.
     for f in (base, vm, vmz, vmzs):
         dd(f, direct=False)
     mbps = lambda secs, n=SIZE: n / MIB / secs
 
-    cat = mbps(median(lambda: dd(vm, direct=False)), os.path.getsize(vm))
+    # The page cache's own rate: cat of the image file, its pages cached.
+    cat_t = median(lambda: timed("cat", vm))
+    cat = mbps(cat_t, os.path.getsize(vm))
     report("a. cat of vm.qcow2 (page cache)", cat, "MiB/s")
 
     # First contact: every run on a mount (or peer export) made afresh, so
-    # nothing of ours is cached; the sources are warm.
-    def fresh_read(*parts, binary=BIN):
-        mm = Mount(src, os.path.join(work, "mnt-fresh"), binary)
-        t = dd(os.path.join(mm.mp, *parts))
+    # nothing of ours is cached; the sources are warm. Ours and the peer's
+    # take turns, and the ratio is the median of the pairs'.
+    def fresh_read(*parts, binary=BIN, direct=False, src_dir=src):
+        mm = Mount(src_dir, os.path.join(work, "mnt-fresh"), binary)
+        t = dd(os.path.join(mm.mp, *parts), direct)
         mm.stop()
         return t
 
-    def peer_read(make):
+    def peer_read(make, direct=False):
         p = make()
-        t = dd(p.target if hasattr(p, "target") else p.file)
+        t = dd(p.target if hasattr(p, "target") else p.file, direct)
         p.stop()
         return t
-    active1 = mbps(median(lambda: fresh_read("vm.qcow2", "active.raw")))
-    qsd1 = mbps(median(lambda: peer_read(lambda: Qsd(vm, os.path.join(work, "qsd1.raw")))))
-    r = report("a. active.raw, first read, fresh mount", active1, "MiB/s", "qsd FUSE export, fresh", qsd1)
-    target("first read of active.raw >= 3x qemu-storage-daemon FUSE export", r >= 3)
-    snap1 = mbps(median(lambda: fresh_read("vm.qcow2", "snapshots", "s2.raw")))
-    nbd1 = mbps(median(lambda: peer_read(lambda: Nbd(vm, "s2", os.path.join(work, "nbd1")))))
-    r = report("a. snapshots/s2.raw, first read, fresh mount", snap1, "MiB/s", "qemu-nbd -l + nbdfuse, fresh", nbd1)
-    target("first read of a snapshot view >= 3x qemu-nbd + nbdfuse", r >= 3)
-    zsnap1 = mbps(median(lambda: fresh_read("vmz.qcow2", "snapshots", "z2.raw")))
-    zconv = mbps(median(lambda: timed("qemu-img", "convert", "-l", "snapshot.name=z2", vmz, "-n",
-                                      "--target-image-opts", f"driver=null-co,size={SIZE}")))
-    r = report("a. zlib snapshot view, first read, fresh mount", zsnap1, "MiB/s", "convert -l to null-co", zconv)
-    target("first read of a zlib snapshot view >= 1.0x qemu-img convert to null-co", r >= 1.0)
-    zssnap1 = mbps(median(lambda: fresh_read("vmzs.qcow2", "snapshots", "z2.raw")))
-    zsconv = mbps(median(lambda: timed("qemu-img", "convert", "-l", "snapshot.name=z2", vmzs, "-n",
-                                       "--target-image-opts", f"driver=null-co,size={SIZE}")))
-    r = report("a. zstd snapshot view, first read, fresh mount", zssnap1, "MiB/s", "convert -l to null-co", zsconv)
-    target("first read of a zstd snapshot view >= 1.0x qemu-img convert to null-co", r >= 1.0)
+
+    def fresh_cp(*parts):
+        mm = Mount(src, os.path.join(work, "mnt-fresh"))
+        t = timed("cp", os.path.join(mm.mp, *parts), "/dev/null")
+        mm.stop()
+        return t
+
+    def convert(img, snap):
+        return timed("qemu-img", "convert", "-l", f"snapshot.name={snap}", img, "-n",
+                     "--target-image-opts", f"driver=null-co,size={SIZE}")
+
+    def first(name, ours, peer, peer_name, goal, how, per=SIZE, peer_per=SIZE):
+        """One row of first reads: ours and the peer's in turn."""
+        a, b, ratios = in_turn(ours, peer)
+        r = report(name, mbps(a, per), "MiB/s", peer_name, mbps(b, peer_per),
+                   ratio=statistics.median(ratios) * per / peer_per)
+        print(f"   pair ratios {ratios[0] * per / peer_per:.2f}x-{ratios[-1] * per / peer_per:.2f}x", flush=True)
+        if goal:
+            target(f"{how} >= {goal}x {peer_name}", r >= goal)
+        return r
+
+    qsd_new = lambda: Qsd(vm, os.path.join(work, "qsd1.raw"))
+    nbd_new = lambda: Nbd(vm, "s2", os.path.join(work, "nbd1"))
+    s2 = ("vm.qcow2", "snapshots", "s2.raw")
+    z2 = ("snapshots", "z2.raw")
+    # Buffered, as cp, dd without flags, loop devices and qemu-img convert
+    # from a view read: the kernel's readahead asks for the bytes.
+    first("a. active.raw, first read, buffered", lambda: fresh_read("vm.qcow2", "active.raw"),
+          lambda: peer_read(qsd_new), "qsd FUSE export, buffered", 4, "buffered first read of active.raw")
+    first("a. snapshots/s2.raw, first read, buffered", lambda: fresh_read(*s2),
+          lambda: peer_read(nbd_new), "qemu-nbd -l + nbdfuse, buffered", 4,
+          "buffered first read of a snapshot view")
+    zconv_t = median(lambda: convert(vmz, "z2"))
+    first("a. zlib snapshot view, first read, buffered", lambda: fresh_read("vmz.qcow2", *z2),
+          lambda: convert(vmz, "z2"), "convert -l to null-co", 1.5, "buffered first read of a zlib view")
+    first("a. zstd snapshot view, first read, buffered", lambda: fresh_read("vmzs.qcow2", *z2),
+          lambda: convert(vmzs, "z2"), "convert -l to null-co", 1.5, "buffered first read of a zstd view")
+    first("a. cp of snapshots/s2.raw to /dev/null, fresh", lambda: fresh_cp(*s2),
+          lambda: timed("cat", vm), "cat of vm.qcow2 (page cache)", 0.5,
+          "cp of a snapshot view from a fresh mount", peer_per=os.path.getsize(vm))
+    # Direct I/O beside them: every byte served by the file system under
+    # test, one read of 1 MiB at a time.
+    first("a. active.raw, first read, direct I/O", lambda: fresh_read("vm.qcow2", "active.raw", direct=True),
+          lambda: peer_read(qsd_new, True), "qsd FUSE export, direct", 3, "direct first read of active.raw")
+    first("a. snapshots/s2.raw, first read, direct I/O", lambda: fresh_read(*s2, direct=True),
+          lambda: peer_read(nbd_new, True), "qemu-nbd -l + nbdfuse, direct", 3,
+          "direct first read of a snapshot view")
+    first("a. zlib snapshot view, first read, direct I/O", lambda: fresh_read("vmz.qcow2", *z2, direct=True),
+          lambda: convert(vmz, "z2"), "convert -l to null-co", 1, "direct first read of a zlib view")
+    first("a. zstd snapshot view, first read, direct I/O", lambda: fresh_read("vmzs.qcow2", *z2, direct=True),
+          lambda: convert(vmzs, "z2"), "convert -l to null-co", 1, "direct first read of a zstd view")
+    zconv = mbps(zconv_t)
+    # A loop-mounted snapshot view, as users restore single files: a large
+    # file read from the ext4 inside it, against the same through nbdfuse.
+    fs_img = build_fs(work)
+
+    def loop_read(image_file, mp):
+        dev = sh("losetup", "-r", "-f", "--show", image_file).strip()
+        try:
+            os.makedirs(mp, exist_ok=True)
+            sh("mount", "-o", "ro,noload", dev, mp)
+            try:
+                return timed("dd", f"if={os.path.join(mp, FS_FILE)}", "of=/dev/null", "bs=1M")
+            finally:
+                sh("umount", mp)
+        finally:
+            sh("losetup", "-d", dev)
+
+    def loop_ours():
+        mm = Mount(os.path.dirname(fs_img), os.path.join(work, "mnt-fresh"))
+        t = loop_read(os.path.join(mm.mp, "fs.qcow2", "snapshots", "f1.raw"), os.path.join(work, "loop"))
+        mm.stop()
+        return t
+
+    def loop_peer():
+        p = Nbd(fs_img, "f1", os.path.join(work, "nbd1"))
+        t = loop_read(p.file, os.path.join(work, "loop"))
+        p.stop()
+        return t
+    fs_bytes = 640 * MIB
+    first("i. file in a loop-mounted snapshot view, first read", loop_ours, loop_peer,
+          "loop on qemu-nbd -l + nbdfuse", None, "", per=fs_bytes, peer_per=fs_bytes)
     # flate2's inflate backends, each built into its own target folder: the
     # zlib view's first read with each.
-    for backend in ("zlib-rs", "miniz-oxide", "zlib", "zlib-ng"):
+    for backend in BACKENDS:
         tdir = os.path.join(ROOT, "target", f"inflate-{backend}")
         try:
             sh("cargo", "build", "--release", "--no-default-features", "--features", f"inflate-{backend}",
@@ -341,7 +477,7 @@ def main():
             print(f"h. inflate backend {backend}: not built ({e.stderr.strip().splitlines()[-1:]})", flush=True)
             continue
         b = os.path.join(tdir, "release", "qcow2fs")
-        t = mbps(median(lambda: fresh_read("vmz.qcow2", "snapshots", "z2.raw", binary=b)))
+        t = mbps(median(lambda: fresh_read("vmz.qcow2", "snapshots", "z2.raw", binary=b, direct=True)))
         report(f"h. zlib view, first read, {backend}", t, "MiB/s", "convert -l to null-co", zconv)
 
     # Warm: the same reads on a mount that has served them before.
@@ -463,7 +599,11 @@ def main():
     paired = lambda i: statistics.median(t[0] / t[i] for t in synced)
     r = report("c. cp -r chain/ + sync, fresh mount", cp1, "s", "qemu-img routine + sync", rt1,
                higher_better=False, ratio=paired(1))
-    target("cp -r chain/ from a fresh mount >= 1.5x faster than the routine", r >= 1.5)
+    target("cp -r chain/ from a fresh mount >= 2x faster than the routine", r >= 2)
+    to_export = statistics.median(t[1] / t[2] for t in synced)
+    report("c. cp -r chain/ + sync, fresh mount", cp1, "s", "qcow2fs export + sync", ex,
+           higher_better=False, ratio=1 / to_export)
+    target("cp -r chain/ + sync takes at most 1.5x the time of export + sync", to_export <= 1.5)
     r = report("g. qcow2fs export of chain/ + sync", ex, "s", "qemu-img routine + sync", rt1,
                higher_better=False, ratio=paired(2))
     target("qcow2fs export >= 2x faster than the routine", r >= 2)
@@ -504,8 +644,9 @@ def main():
     target("random 4 KiB reads >= 1.5x qemu-storage-daemon export", r >= 1.5)
     peak = max(peak, m.peak_rss())
     m.stop()
+    peak = max([peak] + PEAKS)
     cache = int(CACHE.rstrip("M")) * MIB
-    report("f. peak RSS of the mount", peak / MIB, "MiB")
+    report("f. peak RSS of any mount of the run", peak / MIB, "MiB")
     target(f"peak RSS <= 64 MiB + cache ({CACHE})", peak <= 64 * MIB + cache)
 
     print()

@@ -100,6 +100,10 @@ impl Filesystem for Fs {
         // A file opened for direct reads (Caching::Direct) can still be
         // mapped shared, on kernels that offer it (6.6 on).
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        // The kernel offers its default readahead (128 KiB) and takes no
+        // more here; a mount made as root raises its window to MAX_READ
+        // through sysfs once this handshake is over (mount.rs), and files
+        // opened after that read ahead 1 MiB, in requests of REQUEST_SIZE.
         if let Err(max) = config.set_max_readahead(MAX_READ) {
             let _ = config.set_max_readahead(max);
         }
