@@ -12,10 +12,11 @@ fail() {
     exit 1
 }
 # A live qcow2fs mount that holds an image.
-[ -d "$mnt" ] || fail "$mnt: no such folder"
+err=$(ls -d -- "$mnt" 2>&1 >/dev/null) || fail "$mnt: ${err#*: }"
+[ -d "$mnt" ] || fail "$mnt: not a folder"
 fstype=$(findmnt -n -o FSTYPE --target "$mnt" 2>/dev/null) || fstype=
 [ "$fstype" = fuse.qcow2fs ] || fail "$mnt: not a qcow2fs mount (file system: ${fstype:-none})"
-ls -- "$mnt" >/dev/null || fail "$mnt: the mount does not answer (its daemon is gone?)"
+err=$(ls -- "$mnt" 2>&1 >/dev/null) || fail "$mnt: the mount does not answer: ${err#*: }"
 chains=$(mktemp)
 trap 'rm -f "$chains"' EXIT
 find "$mnt" -type d -name chain >"$chains.found" || { rm -f "$chains.found"; fail "$mnt: the mount could not be read through"; }

@@ -39,12 +39,12 @@ fail() {
 }
 
 # 0. A live qcow2fs mount, and a DEST outside it and outside its folder.
-[ -d "$mnt" ] || fail "$mnt: no such folder"
+err=$(ls -d -- "$mnt" 2>&1 >/dev/null) || fail "$mnt: ${err#*: }"
+[ -d "$mnt" ] || fail "$mnt: not a folder"
 fstype=$(findmnt -n -o FSTYPE --target "$mnt" 2>/dev/null) || fstype=
 [ "$fstype" = fuse.qcow2fs ] || fail "$mnt: not a qcow2fs mount (file system: ${fstype:-none})"
-ls -- "$mnt" >/dev/null || fail "$mnt: the mount does not answer (its daemon is gone?)"
-mkdir -p "$dest"
-realdest=$(realpath -- "$dest")
+err=$(ls -- "$mnt" 2>&1 >/dev/null) || fail "$mnt: the mount does not answer: ${err#*: }"
+realdest=$(realpath -m -- "$dest")
 inside() {
     case $1/ in "$2"/*) return 0 ;; esac
     return 1
@@ -58,6 +58,7 @@ done
 if [ -d "$source" ] && source=$(realpath -- "$source"); then
     ! inside "$realdest" "$source" || fail "$dest is inside $source, the folder the mount shows"
 fi
+mkdir -p "$dest"
 # One night at a time. The lock is held through an open file that every
 # command started here inherits: a command still running after the night
 # was cut off holds it until it ends.
