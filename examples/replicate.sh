@@ -100,11 +100,13 @@ verify() {
     printf '%s\n' "$1" >>"$tmp/verified"
 }
 
-# Check a file of DEST and every file under it (its backing files, in DEST).
+# Check a layer of DEST and every file under it, down to the first of the
+# image's backing files.
 verify_chain() {
     f=$1
     while [ -n "$f" ] && [ -e "$out/$f" ]; do
         verify "$f"
+        if grep -qxF -e "$f" "$tmp/backing"; then break; fi
         f=$(backing_of "$out/$f")
         case $f in */*) break ;; esac
     done
