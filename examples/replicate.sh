@@ -74,8 +74,8 @@ trap 'rm -rf "$tmp"' EXIT
 # The backing file name written in a qcow2 file ("" for none), from its
 # header alone.
 backing_of() {
-    qemu-img info -U -f qcow2 --output=json -- "$1" |
-        python3 -c 'import json, sys
+    info=$(qemu-img info -U -f qcow2 --output=json -- "$1") || return 1
+    printf '%s' "$info" | python3 -c 'import json, sys
 print(json.load(sys.stdin).get("backing-filename", ""))'
 }
 
@@ -107,7 +107,8 @@ verify_chain() {
     while [ -n "$f" ] && [ -e "$out/$f" ]; do
         verify "$f"
         if grep -qxF -e "$f" "$tmp/backing"; then break; fi
-        f=$(backing_of "$out/$f")
+        g=$(backing_of "$out/$f") || fail "$rel: qemu-img info $f failed"
+        f=$g
         case $f in */*) break ;; esac
     done
 }
@@ -137,7 +138,8 @@ apply() {
             mv -f "$out/$2.qcow2" "$out/$3.qcow2"
             ;;
         rebase)
-            if [ "$(backing_of "$out/$3.qcow2")" != "$4.qcow2" ]; then
+            b=$(backing_of "$out/$3.qcow2") || fail "$rel: qemu-img info $3.qcow2 failed"
+            if [ "$b" != "$4.qcow2" ]; then
                 qemu-img rebase -q -f qcow2 -b "$4.qcow2" -F qcow2 "$out/$3.qcow2"
             fi
             if [ -n "$replay" ]; then qemu-img check -q -r leaks "$out/$3.qcow2"; fi
@@ -147,8 +149,8 @@ apply() {
         remove)
             for f in "$out"/$layers; do
                 [ -e "$f" ] || continue
-                [ "$(backing_of "$f")" != "$2.qcow2" ] ||
-                    fail "$rel: ${f##*/} is built on $2.qcow2; not removed"
+                b=$(backing_of "$f") || fail "$rel: qemu-img info ${f##*/} failed"
+                [ "$b" != "$2.qcow2" ] || fail "$rel: ${f##*/} is built on $2.qcow2; not removed"
             done
             rm -f "$out/$2.qcow2"
             ;;
@@ -284,7 +286,8 @@ replicate() {
             [ -e "$f" ] || continue
             id=${f##*/}
             grep -qxF -e "$id" "$tmp/backing" && continue
-            printf '%s\t%s\n' "${id%.qcow2}" "$(backing_of "$f")" >>"$tmp/chain"
+            b=$(backing_of "$f") || fail "$rel: qemu-img info $id failed"
+            printf '%s\t%s\n' "${id%.qcow2}" "$b" >>"$tmp/chain"
         done
         # shellcheck disable=SC2046 # the merge's words
         set -- $(next_merge)
@@ -296,7 +299,9 @@ replicate() {
     # The complete oldest layer over another backing file than the mount's
     # (the image was rebased onto another file): fetched again.
     if read -r ident pred file name <"$tmp/index" && [ -e "$out/$ident.qcow2" ]; then
-        if [ "$(backing_of "$out/$ident.qcow2")" != "$(backing_of "$src/$file")" ]; then
+        b=$(backing_of "$out/$ident.qcow2") || fail "$rel: qemu-img info $ident.qcow2 failed"
+        want=$(backing_of "$src/$file") || fail "$rel: qemu-img info $src/$file failed"
+        if [ "$b" != "$want" ]; then
             echo "over another backing file at the source: $rel/$ident.qcow2"
             fetch "$src/$file" "$ident.qcow2"
         fi
@@ -337,7 +342,7 @@ replicate() {
     prev=
     while read -r ident pred file name; do
         qemu-img check -q "$out/$ident.qcow2" || fail "$rel: qemu-img check $ident.qcow2 failed"
-        back=$(backing_of "$out/$ident.qcow2")
+        back=$(backing_of "$out/$ident.qcow2") || fail "$rel: qemu-img info $ident.qcow2 failed"
         if [ -n "$prev" ]; then
             [ "$back" = "$prev.qcow2" ] || fail "$rel: $ident.qcow2 is over '$back', not $prev.qcow2"
         elif [ -n "$back" ]; then
