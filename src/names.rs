@@ -81,8 +81,9 @@ pub fn snapshot_stems(snapshots: &[Snapshot]) -> Vec<String> {
 pub const MAX_IDENT_NAME_BYTES: usize = 64;
 
 /// A snapshot's identity as a file stem: `<name>.<YYYYmmddTHHMMSS>.<nsec>.id<ID>`,
-/// the name with anything but letters, digits and `-_+.,=@` replaced by `_`
-/// and cut to [`MAX_IDENT_NAME_BYTES`], the creation date in UTC with its
+/// the name with anything but ASCII letters, digits and `-_+,=@` (and a
+/// leading `-`) replaced by `_` and cut to [`MAX_IDENT_NAME_BYTES`], the
+/// creation date in UTC with its
 /// nanoseconds, and the snapshot ID made safe likewise. It depends on the
 /// snapshot alone, never on other snapshots of the table, so it never
 /// changes while the snapshot exists; a snapshot deleted and taken again
@@ -92,17 +93,22 @@ pub fn snapshot_ident(s: &Snapshot) -> String {
     let safe = |t: &str, max: usize| {
         let mut out = String::new();
         for c in t.chars() {
-            let c = if c.is_alphanumeric() || "-_+.,=@".contains(c) {
+            // ASCII only, so that every tool reads the name as it is
+            // written (JSON escapes, locales), never an option (no leading
+            // `-`), never hidden and without a dot of its own (the dots
+            // part the identity's fields).
+            let c = if c.is_ascii_alphanumeric() || "-_+,=@".contains(c) {
                 c
             } else {
                 '_'
             };
+            let c = if out.is_empty() && c == '-' { '_' } else { c };
             if out.len() + c.len_utf8() > max {
                 break;
             }
             out.push(c);
         }
-        if out.is_empty() || out.chars().all(|c| c == '.') {
+        if out.is_empty() {
             "unnamed".into()
         } else {
             out
@@ -187,7 +193,7 @@ mod tests {
         a.date_nsec = 42;
         assert_eq!(
             snapshot_ident(&a),
-            "night_ly_.._x.20231114T221320.000000042.id3"
+            "night_ly____x.20231114T221320.000000042.id3"
         );
         // The same snapshot among others that share its name: unchanged.
         assert_eq!(snapshot_ident(&a), snapshot_ident(&a.clone()));
@@ -196,12 +202,18 @@ mod tests {
         assert_ne!(snapshot_ident(&a), snapshot_ident(&again));
         assert_eq!(
             snapshot_ident(&sn("1", "..")),
+            "__.19700101T000000.000000000.id1"
+        );
+        assert_eq!(
+            snapshot_ident(&sn("1", "")),
             "unnamed.19700101T000000.000000000.id1"
         );
         let long = snapshot_ident(&sn("1", &"é".repeat(100)));
         assert!(
-            long.starts_with(&"é".repeat(32)) && long.len() < 120,
+            long.starts_with(&"_".repeat(64)) && long.len() < 120,
             "{long}"
         );
+        assert!(snapshot_ident(&sn("1", "-a")).starts_with("_a."));
+        assert!(snapshot_ident(&sn("1", "dienstag-ü")).starts_with("dienstag-_."));
     }
 }

@@ -173,6 +173,14 @@ pub fn folder(image: &Image, dir: Direction, use_: Use, chain: &[BackingFile]) -
     for l in &mut layers {
         if l.y.is_none() {
             l.backing = bottom.clone();
+            // In incremental/, a name never stands for other bytes: the
+            // complete layer of the oldest snapshot names the backing file
+            // it is over, which a rebase of the image changes.
+            if dir == Direction::Incremental
+                && let (Some(b), Some(stem)) = (&bottom, l.file_name.strip_suffix(".qcow2"))
+            {
+                l.file_name = format!("{stem}.over.{}.qcow2", b.name);
+            }
         }
     }
     Folder { layers, pass }
