@@ -6,6 +6,8 @@
 # IDENT.qcow2 (IDENT = name.date.nsec.idID, as in the mount's
 # incremental/INDEX): the oldest is complete, each later one holds what
 # differs from the one before and names it as its backing file. A night:
+#   0. refuses a MOUNT that is not a live qcow2fs mount holding an image,
+#      and a DEST inside the mount or inside the folder it shows;
 #   1. takes a lock on DEST, held by every command it starts, and finishes
 #      the merges that a cut-off night left in its journal;
 #   2. fetches, oldest first, each snapshot that DEST lacks (the delta over
@@ -15,8 +17,14 @@
 #      does, from DEST's files alone, journaled first and safe to repeat:
 #      the oldest takes in its successor (qemu-img commit) and is renamed
 #      over it; a middle one's successor is rebased onto its predecessor
-#      (qemu-img rebase); one that nothing is built on is removed;
-#   4. writes DEST/<image path>/SHA256SUMS and verifies the replica:
+#      (qemu-img rebase); one that nothing is built on is removed. Every
+#      file a merge reads (and the base of a fetch) is first checked against
+#      DEST's SHA256SUMS: a damaged file stops the image, it is never merged
+#      and never given a fresh digest. A complete oldest layer over another
+#      backing file than the mount's (the image was rebased) is fetched
+#      again;
+#   4. writes DEST/<image path>/SHA256SUMS (none when the folder holds no
+#      file) and verifies the replica:
 #      sha256sum -c, qemu-img check of every layer, and that the chain runs
 #      oldest to newest.
 # Restore a snapshot: qemu-img convert -O raw DEST/<image path>/IDENT.qcow2 out.raw
@@ -24,6 +32,32 @@
 set -eu
 mnt=${1:?usage: replicate.sh MOUNT DEST}
 dest=${2:?usage: replicate.sh MOUNT DEST}
+
+fail() {
+    printf 'replicate.sh: %s\n' "$*" >&2
+    exit 1
+}
+
+# 0. A live qcow2fs mount, and a DEST outside it and outside its folder.
+err=$(ls -d -- "$mnt" 2>&1 >/dev/null) || fail "$mnt: ${err#*: }"
+[ -d "$mnt" ] || fail "$mnt: not a folder"
+fstype=$(findmnt -n -o FSTYPE --target "$mnt" 2>/dev/null) || fstype=
+[ "$fstype" = fuse.qcow2fs ] || fail "$mnt: not a qcow2fs mount (file system: ${fstype:-none})"
+err=$(ls -- "$mnt" 2>&1 >/dev/null) || fail "$mnt: the mount does not answer: ${err#*: }"
+realdest=$(realpath -m -- "$dest")
+inside() {
+    case $1/ in "$2"/*) return 0 ;; esac
+    return 1
+}
+realmnt=$(realpath -- "$mnt")
+top=$(findmnt -n -o TARGET --target "$mnt")
+source=$(findmnt -n -o SOURCE --target "$mnt")
+for d in "$realmnt" "$top"; do
+    ! inside "$realdest" "$d" || fail "$dest is inside the mount $d"
+done
+if [ -d "$source" ] && source=$(realpath -- "$source"); then
+    ! inside "$realdest" "$source" || fail "$dest is inside $source, the folder the mount shows"
+fi
 mkdir -p "$dest"
 # One night at a time. The lock is held through an open file that every
 # command started here inherits: a command still running after the night
@@ -37,15 +71,46 @@ layers='*.[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]T[0-9][0-9][0-9][0-9][0-9][0-9
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-fail() {
-    printf 'replicate.sh: %s\n' "$*" >&2
-    exit 1
+# The backing file name written in a qcow2 file ("" for none), from its
+# header alone.
+backing_of() {
+    info=$(qemu-img info -U -f qcow2 --output=json -- "$1") || return 1
+    printf '%s' "$info" | python3 -c 'import json, sys
+print(json.load(sys.stdin).get("backing-filename", ""))'
 }
 
-# The backing file name written in a qcow2 file ("" for none).
-backing_of() {
-    qemu-img info --output=json "$1" |
-        sed -n 's/^ *"backing-filename": "\(.*\)",\{0,1\}$/\1/p'
+# The digest in the last line of table $2 ("DIGEST  NAME", or
+# "DIGEST *NAME") that names file $1.
+digest_of() {
+    name=$1 awk 'substr($0, 67) == ENVIRON["name"] { d = substr($0, 1, 64) }
+        END { print d }' "$2"
+}
+
+# Check a file of DEST against its digest: the one fetched this night,
+# else SHA256SUMS's. A file merged this night is taken as it is, a file
+# checked already is not read again.
+verify() {
+    if grep -qxF -e "$1" "$tmp/fresh" "$tmp/verified"; then return 0; fi
+    want=$(digest_of "$1" "$tmp/known")
+    [ -n "$want" ] || fail "$rel/$1: no digest in SHA256SUMS; not merged"
+    got=$(sha256sum <"$out/$1")
+    got=${got%% *}
+    [ "$got" = "$want" ] ||
+        fail "$rel/$1: sha256 $got, SHA256SUMS says $want: the file is damaged in DEST; not merged"
+    printf '%s\n' "$1" >>"$tmp/verified"
+}
+
+# Check a layer of DEST and every file under it, down to the first of the
+# image's backing files.
+verify_chain() {
+    f=$1
+    while [ -n "$f" ] && [ -e "$out/$f" ]; do
+        verify "$f"
+        if grep -qxF -e "$f" "$tmp/backing"; then break; fi
+        g=$(backing_of "$out/$f") || fail "$rel: qemu-img info $f failed"
+        f=$g
+        case $f in */*) break ;; esac
+    done
 }
 
 # Carry out one merge of the journal, in folder $out. Each is safe to
@@ -73,14 +138,22 @@ apply() {
             mv -f "$out/$2.qcow2" "$out/$3.qcow2"
             ;;
         rebase)
-            if [ "$(backing_of "$out/$3.qcow2")" != "$4.qcow2" ]; then
+            b=$(backing_of "$out/$3.qcow2") || fail "$rel: qemu-img info $3.qcow2 failed"
+            if [ "$b" != "$4.qcow2" ]; then
                 qemu-img rebase -q -f qcow2 -b "$4.qcow2" -F qcow2 "$out/$3.qcow2"
             fi
             if [ -n "$replay" ]; then qemu-img check -q -r leaks "$out/$3.qcow2"; fi
             sync "$out/$3.qcow2"
             rm -f "$out/$2.qcow2"
             ;;
-        remove) rm -f "$out/$2.qcow2" ;;
+        remove)
+            for f in "$out"/$layers; do
+                [ -e "$f" ] || continue
+                b=$(backing_of "$f") || fail "$rel: qemu-img info ${f##*/} failed"
+                [ "$b" != "$2.qcow2" ] || fail "$rel: ${f##*/} is built on $2.qcow2; not removed"
+            done
+            rm -f "$out/$2.qcow2"
+            ;;
     esac
 }
 
@@ -92,10 +165,15 @@ say() {
     fi
 }
 
-# Journal a merge, then carry it out.
+# Check what a merge reads, journal it, then carry it out.
 merge() {
+    case $1 in
+        commit) verify "$2.qcow2" && verify "$3.qcow2" ;;
+        rebase) verify "$3.qcow2" && verify_chain "$2.qcow2" ;;
+    esac
     printf '%s\n' "$*" >>"$out/.journal"
     sync "$out/.journal"
+    [ "$1" = remove ] || printf '%s\n' "$3.qcow2" >>"$tmp/fresh"
     apply "$@"
 }
 
@@ -103,7 +181,7 @@ merge() {
 # IDENT BACKING) and the identities the source keeps ($tmp/kept): first a
 # deleted snapshot that nothing is built on, then a complete one, then any.
 next_merge() {
-    awk 'FILENAME == ARGV[1] { kept[$1] = 1; next }
+    awk -F '\t' 'FILENAME == ARGV[1] { kept[$1] = 1; next }
         { n++; id[n] = $1; back[$1] = $2; layer[$1 ".qcow2"] = $1 }
         END {
             for (i = 1; i <= n; i++) {
@@ -138,6 +216,8 @@ fetch() {
     sync "$part"
     mv -f "$part" "$out/$2"
     printf '%s  %s\n' "$want" "$2" >>"$out/.fetched"
+    printf '%s  %s\n' "$want" "$2" >>"$tmp/known"
+    printf '%s\n' "$2" >>"$tmp/verified"
     echo "fetched: $rel/$2 ($(stat -c %s "$out/$2") bytes)"
 }
 
@@ -147,6 +227,20 @@ replicate() {
     out=$2
     mkdir -p "$out"
     rm -f "$out"/.*.part
+    : >"$tmp/fresh"
+    : >"$tmp/verified"
+    # The digests DEST holds: SHA256SUMS, then what a cut-off night fetched.
+    : >"$tmp/old"
+    if [ -e "$out/SHA256SUMS" ]; then
+        cp "$out/SHA256SUMS" "$tmp/old"
+        if grep -qEv '^[0-9a-f]{64} [ *].+$' "$tmp/old"; then
+            fail "$rel/SHA256SUMS: not a list of digests (damaged in DEST); nothing merged"
+        fi
+    fi
+    [ -e "$out/.fetched" ] && cp "$out/.fetched" "$tmp/fetched" || : >"$tmp/fetched"
+    cat "$tmp/old" "$tmp/fetched" >"$tmp/known"
+    # What a cut-off night merged has no digest yet: taken here.
+    [ -e "$out/.journal" ] && awk '$1 != "remove" { print $3 ".qcow2" }' "$out/.journal" >>"$tmp/fresh"
     # 1. Finish what a cut-off night left.
     if [ -e "$out/.journal" ]; then
         replay=1
@@ -159,7 +253,6 @@ replicate() {
     # One table for the whole night.
     cp "$src/INDEX" "$tmp/index"
     awk '{ print $1 }' "$tmp/index" >"$tmp/kept"
-    : >"$tmp/fresh"
     # The image's backing files, passed through: fetched when their size or
     # date changed.
     : >"$tmp/backing"
@@ -167,10 +260,10 @@ replicate() {
         [ -e "$f" ] || continue
         name=${f##*/}
         case $name in INDEX | *.sha256) continue ;; esac
-        if awk -v f="$name" '$3 == f { found = 1 } END { exit !found }' "$tmp/index"; then
+        if name=$name awk '$3 == ENVIRON["name"] { found = 1 } END { exit !found }' "$tmp/index"; then
             continue
         fi
-        echo "$name" >>"$tmp/backing"
+        printf '%s\n' "$name" >>"$tmp/backing"
         if [ "$(stat -c '%s %Y' "$f")" != "$(stat -c '%s %Y' "$out/$name" 2>/dev/null)" ]; then
             fetch "$f" "$name"
         fi
@@ -182,6 +275,7 @@ replicate() {
         if [ "$pred" != - ] && [ ! -e "$out/$pred.qcow2" ]; then
             fail "$rel: $ident is a delta over $pred, which the replica lacks"
         fi
+        [ "$pred" = - ] || verify "$pred.qcow2"
         fetch "$src/$file" "$ident.qcow2"
     done <"$tmp/index"
 
@@ -191,8 +285,9 @@ replicate() {
         for f in "$out"/$layers; do
             [ -e "$f" ] || continue
             id=${f##*/}
-            grep -qxF "$id" "$tmp/backing" && continue
-            printf '%s %s\n' "${id%.qcow2}" "$(backing_of "$f")" >>"$tmp/chain"
+            grep -qxF -e "$id" "$tmp/backing" && continue
+            b=$(backing_of "$f") || fail "$rel: qemu-img info $id failed"
+            printf '%s\t%s\n' "${id%.qcow2}" "$b" >>"$tmp/chain"
         done
         # shellcheck disable=SC2046 # the merge's words
         set -- $(next_merge)
@@ -201,40 +296,57 @@ replicate() {
         merge "$@"
     done
 
+    # The complete oldest layer over another backing file than the mount's
+    # (the image was rebased onto another file): fetched again.
+    if read -r ident pred file name <"$tmp/index" && [ -e "$out/$ident.qcow2" ]; then
+        b=$(backing_of "$out/$ident.qcow2") || fail "$rel: qemu-img info $ident.qcow2 failed"
+        want=$(backing_of "$src/$file") || fail "$rel: qemu-img info $src/$file failed"
+        if [ "$b" != "$want" ]; then
+            echo "over another backing file at the source: $rel/$ident.qcow2"
+            fetch "$src/$file" "$ident.qcow2"
+        fi
+    fi
+
     # 4. SHA256SUMS: the source's digest of each file fetched, a digest taken
     # here of each file merged, the last night's for the others.
-    [ -e "$out/SHA256SUMS" ] && cp "$out/SHA256SUMS" "$tmp/old" || : >"$tmp/old"
+    # A file with no digest at all is refused, never given one from DEST.
     [ -e "$out/.fetched" ] && cp "$out/.fetched" "$tmp/fetched" || : >"$tmp/fetched"
-    [ -e "$out/.journal" ] && awk '$1 != "remove" { print $3 ".qcow2" }' "$out/.journal" >>"$tmp/fresh"
+    cat "$tmp/old" "$tmp/fetched" >"$tmp/known"
     : >"$tmp/sums"
     { sed 's/$/.qcow2/' "$tmp/kept"; cat "$tmp/backing"; } | while read -r name; do
-        line=
-        if ! grep -qxF "$name" "$tmp/fresh"; then
-            line=$(awk -v f="$name" '$2 == f { l = $0 } END { print l }' "$tmp/fetched")
-            [ -n "$line" ] || line=$(awk -v f="$name" '$2 == f { l = $0 } END { print l }' "$tmp/old")
+        if grep -qxF -e "$name" "$tmp/fresh"; then
+            got=$(sha256sum <"$out/$name")
+            line="${got%% *}  $name"
+        else
+            want=$(digest_of "$name" "$tmp/known")
+            [ -n "$want" ] || fail "$rel/$name: no digest in SHA256SUMS or from the mount"
+            line="$want  $name"
         fi
-        [ -n "$line" ] || line=$(cd "$out" && sha256sum "$name")
         printf '%s\n' "$line" >>"$tmp/sums"
     done
-    cp "$tmp/sums" "$out/.SHA256SUMS.part"
-    sync "$out/.SHA256SUMS.part"
-    mv -f "$out/.SHA256SUMS.part" "$out/SHA256SUMS"
+    if [ -s "$tmp/sums" ]; then
+        cp "$tmp/sums" "$out/.SHA256SUMS.part"
+        sync "$out/.SHA256SUMS.part"
+        mv -f "$out/.SHA256SUMS.part" "$out/SHA256SUMS"
+    else
+        rm -f "$out/SHA256SUMS"
+    fi
     rm -f "$out/.journal" "$out/.fetched"
 
     # Verify: every digest that was not taken here just now, every layer,
     # and the chain from oldest to newest.
-    awk 'FILENAME == ARGV[1] { f[$1] = 1; next } !($2 in f)' "$tmp/fresh" "$tmp/sums" >"$tmp/check"
+    awk 'FILENAME == ARGV[1] { f[$0] = 1; next } !(substr($0, 67) in f)' "$tmp/fresh" "$tmp/sums" >"$tmp/check"
     if [ -s "$tmp/check" ]; then
         (cd "$out" && sha256sum -c --quiet --strict - >&2) <"$tmp/check" || fail "$rel: sha256sum -c failed"
     fi
     prev=
     while read -r ident pred file name; do
         qemu-img check -q "$out/$ident.qcow2" || fail "$rel: qemu-img check $ident.qcow2 failed"
-        back=$(backing_of "$out/$ident.qcow2")
+        back=$(backing_of "$out/$ident.qcow2") || fail "$rel: qemu-img info $ident.qcow2 failed"
         if [ -n "$prev" ]; then
             [ "$back" = "$prev.qcow2" ] || fail "$rel: $ident.qcow2 is over '$back', not $prev.qcow2"
         elif [ -n "$back" ]; then
-            grep -qxF "$back" "$tmp/backing" || fail "$rel: the oldest, $ident.qcow2, is over '$back'"
+            grep -qxF -e "$back" "$tmp/backing" || fail "$rel: the oldest, $ident.qcow2, is over '$back'"
         fi
         prev=$ident
     done <"$tmp/index"
@@ -247,7 +359,10 @@ replicate() {
 
 # Every image folder under the mount (one with incremental/ in it).
 failed=0
-find "$mnt" -type d -exec test -d '{}/incremental' ';' -print -prune | sort >"$tmp/images"
+find "$mnt" -type d -exec test -d '{}/incremental' ';' -print -prune >"$tmp/found" ||
+    fail "$mnt: the mount could not be read through"
+sort "$tmp/found" >"$tmp/images"
+[ -s "$tmp/images" ] || fail "$mnt: the mount holds no image"
 while read -r img; do
     rel=${img#"$mnt"}
     rel=${rel#/}

@@ -571,7 +571,11 @@ fn a_night_cut_off_is_repaired_by_the_next() {
     let oldest = identities(&m, "vm.qcow2", &img)[0].1.clone();
     rotate(&mut w);
     let journal = replica.join(".journal");
-    cut_night(&m, &dest, true, "during the merge", || journal.exists());
+    // Cut once the journal holds the merge (not as soon as the file is
+    // made, before its line is written).
+    cut_night(&m, &dest, true, "during the merge", || {
+        std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0)
+    });
     assert!(
         replica.join(format!("{oldest}.qcow2")).exists(),
         "the merge was done before the cut"
