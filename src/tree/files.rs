@@ -229,7 +229,7 @@ impl Tree {
 }
 
 /// Files whose bytes are generated whole when they are opened.
-fn generated(node: &Node) -> bool {
+pub(super) fn generated(node: &Node) -> bool {
     matches!(
         node,
         Node::Info(..) | Node::Manifest(..) | Node::Sums(..) | Node::FileSum(..)

@@ -84,6 +84,17 @@ impl Handles {
         open_handle(&self.files, fh, "handle")
     }
 
+    /// The size of what the newest open handle of `node` serves, if one is
+    /// open.
+    pub(super) fn open_size(&self, node: &Node) -> Option<u64> {
+        let files = self.files.lock();
+        let newest = files
+            .iter()
+            .filter(|(_, h)| h.lock().node == *node)
+            .max_by_key(|(fh, _)| **fh)?;
+        Some(newest.1.lock().view.size())
+    }
+
     /// Close file handle `fh`; returns it if it was open.
     pub(super) fn remove_file(&self, fh: u64) -> Option<Arc<Mutex<Handle>>> {
         self.files.lock().remove(&fh)

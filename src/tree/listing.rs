@@ -150,8 +150,9 @@ impl Tree {
                     name: name.to_string_lossy().into(),
                 })?,
         };
-        let ino = self.inodes.remember(node.clone());
-        self.attr(ino, &node)
+        let ino = self.inodes.remember(node);
+        // As getattr answers (a generated file open keeps its size).
+        self.getattr(ino)
     }
 
     /// Open folder `ino` for listing by process `pid`: its entries are

@@ -73,7 +73,19 @@ impl Tree {
     /// The attributes of inode `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
         let node = self.inodes.node(ino)?;
-        self.attr(ino, &node)
+        let mut a = self.attr(ino, &node)?;
+        // A generated file (report, manifest, sums) is made whole at its
+        // open: while it is open, its size is that of the bytes its newest
+        // handle serves, even when the folder has changed since. The
+        // kernel reads a file up to the size it was last told (a copy asks
+        // with fstat after its open): another size would cut the bytes.
+        if files::generated(&node)
+            && let Some(size) = self.handles.open_size(&node)
+        {
+            a.size = size;
+            a.blocks = size.div_ceil(512);
+        }
+        Ok(a)
     }
 
     /// Figures for statfs: (total 512-byte blocks of IMAGE_DIR's file system, files).
