@@ -4,31 +4,14 @@ mod common;
 use common::*;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use qcow2fs::{Image, OpenOptions, View, VmState};
 
 /// Take a snapshot with VM state through QEMU's monitor (`savevm`).
 fn savevm(img: &Path, name: &str) {
-    use std::io::Write;
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "none",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-monitor",
-            "stdio",
-            "-drive",
-        ])
-        .arg(format!("if=none,file={},format=qcow2", img.display()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64 (Debian package qemu-system-x86)");
-    write!(child.stdin.take().unwrap(), "savevm {name}\nquit\n").unwrap();
-    assert!(child.wait().unwrap().success());
+    let mut vm = common::vm::Vm::start(img);
+    vm.savevm(name);
+    vm.quit();
 }
 
 /// QEMU's own reading of the VM state: apply the snapshot to a copy, then
