@@ -67,8 +67,10 @@ pub fn push_extent(out: &mut Vec<Extent>, start: u64, len: u64, kind: ExtentKind
     out.push(Extent { start, len, kind });
 }
 
-/// The first window [`scan_extents`] asks a view for (1 GiB).
-const FIRST_WINDOW: u64 = 1 << 30;
+/// The first window [`scan_extents`] asks a view for (2 MiB): a SEEK_DATA
+/// or SEEK_HOLE (one per extent of a `cp` or `rsync`) looks at the
+/// clusters up to the next change, not at a gigabyte of them.
+const FIRST_WINDOW: u64 = 2 << 20;
 /// A window that returned fewer extents than this is doubled for the next
 /// step, so that a sparse disk of petabytes takes a few dozen steps.
 const FEW_EXTENTS: usize = 1024;
